@@ -1,0 +1,111 @@
+"""Config schema: the typed shape of ``configs/train.yaml``.
+
+Hydra composes the YAML tree onto these dataclasses (registered as the
+``train_schema`` node), so a value of the wrong type or a key that does not
+exist is an error at composition time. :func:`check_overrides` turns Hydra's
+composition errors into one message that names the bad key and lists the
+valid ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class ModelConfig:
+    """Which network: ``arch`` in {deeplabv2, deeplabv3, deeplabv3plus}."""
+
+    arch: str = "deeplabv3plus"
+    encoder: str = "resnet18"
+    output_stride: int = 16
+    atrous_rates: List[int] = field(default_factory=lambda: [12, 24, 36])
+    decoder_channels: int = 256
+    upsampling: str = "bilinear"  # or "deconv" (the LAD baseline's learned upsampling)
+    pretrained: bool = False  # ImageNet weights through smp/timm
+    weights: Optional[str] = None  # a local state dict (weights_only=True)
+
+
+@dataclass
+class DataConfig:
+    """Dataset and input pipeline; ``name`` picks the dataset class."""
+
+    name: str = "synthetic"
+    root: Optional[str] = None
+    num_classes: int = 6
+    ignore_index: int = 255
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: int = 129
+    batch_size: int = 8
+    val_batch_size: int = 1
+    num_workers: int = 2
+    scale_range: List[float] = field(default_factory=lambda: [0.5, 2.0])
+    flip: bool = True
+    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    params: Dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword arguments
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum and poly LR; the first ``warmup_iters`` steps run at ``warmup_lr`` (slow start)."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    power: float = 0.9
+    warmup_iters: int = 0
+    warmup_lr: float = 0.001
+
+
+@dataclass
+class TrainerConfig:
+    max_iters: int = 300
+    eval_every: int = 0  # 0: only at the end
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep_last: int = 2
+    resume: Optional[str] = None  # None, "auto" (newest in the run folder) or a checkpoint path
+    init_from: Optional[str] = None  # model weights to start from (e.g. a previous stage's checkpoint)
+    sync_bn: bool = False
+    freeze_bn: bool = False
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda
+    amp: bool = True  # autocast on CUDA only
+    amp_dtype: str = "bfloat16"
+    num_tb_images: int = 4
+    progress: bool = True
+
+
+@dataclass
+class CRFConfig:
+    """Dense CRF post-processing at evaluation (``steps=0``: off)."""
+
+    steps: int = 0
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    loss: Any = None  # {_target_: segrepro.losses.X, ...}: checked against the class signature
+    stages: List[Any] = field(default_factory=list)  # multi-stage recipes: overrides per stage
+    checkpoint: Optional[str] = None  # for `segrepro eval`
+    name: str = "run"
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

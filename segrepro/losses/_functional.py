@@ -1,0 +1,77 @@
+"""Shared functional core of the losses: input checks, dtype policy, masks.
+
+Every loss in :mod:`segrepro.losses` follows one contract
+(``../shared/spec/losses.md``, "Common contract"): ``logits [N, C, H, W]``,
+``target [N, H, W]`` int64 with values in ``0..C-1`` or ``ignore_index``;
+ignored pixels contribute nothing; an all-ignored batch gives a zero that
+keeps the graph; bad input is a ``ValueError`` naming the problem; half
+precision and autocast inputs are computed in float32.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+    """Raise ``ValueError`` for wrong ranks, mismatched sizes or out-of-range labels."""
+    if not torch.is_tensor(logits) or logits.dim() != 4:
+        raise ValueError(f"logits must be a [N, C, H, W] tensor, got shape {tuple(getattr(logits, 'shape', ()))}")
+    if not torch.is_tensor(target) or target.dim() != 3:
+        raise ValueError(f"target must be a [N, H, W] tensor, got shape {tuple(getattr(target, 'shape', ()))}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+    if target.is_floating_point() or target.is_complex():
+        raise ValueError(f"target must hold integer class indices, got {target.dtype}")
+    n, c, h, w = logits.shape
+    if target.shape != (n, h, w):
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match logits shape {tuple(logits.shape)}: "
+            f"expected {(n, h, w)}"
+        )
+    bad = (target != ignore_index) & ((target < 0) | (target >= c))
+    if bool(bad.any()):
+        value = int(target[bad][0])
+        raise ValueError(
+            f"target holds label {value} outside 0..{c - 1} that is not ignore_index={ignore_index}"
+        )
+
+
+def check_window(name: str, size: int) -> None:
+    """A window size must be a positive odd integer."""
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 2 == 0:
+        raise ValueError(f"{name} must be a positive odd integer, got {size!r}")
+
+
+def compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; everything else (fp32, bf16, fp16) is computed in float32."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def prepare(logits: torch.Tensor, target: torch.Tensor, ignore_index: int):
+    """Check the inputs and return ``(logits in the compute dtype, target as int64, valid mask)``."""
+    check_inputs(logits, target, ignore_index)
+    target = target.long()
+    return logits.to(compute_dtype(logits)), target, target != ignore_index
+
+
+def zero_with_graph(logits: torch.Tensor) -> torch.Tensor:
+    """The loss of a batch with no valid pixel: a zero that still has a graph."""
+    return logits.sum() * 0.0
+
+
+def one_hot(target: torch.Tensor, valid: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[N, H, W]`` labels to a ``[N, C, H, W]`` one-hot map; ignored pixels are all zero."""
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    y = torch.nn.functional.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(dtype)
+    return y * valid.unsqueeze(1).to(dtype)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` (same shape, or broadcastable); 0 with a graph when empty."""
+    mask = mask.to(values.dtype).expand_as(values)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def autocast_off(device_type: str):
+    """A context that disables autocast so window convolutions stay in float32."""
+    return torch.autocast(device_type=device_type, enabled=False)
