@@ -8,11 +8,13 @@ valid ones.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
@@ -109,3 +111,80 @@ class TrainConfig:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A config that does not compose: the message names the key and the valid choices."""
+
+
+def compose_config(overrides: list[str], config_name: str = "train"):
+    """Compose ``configs/<config_name>.yaml`` with ``overrides`` outside a Hydra run (tests, checks)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+_KEY_PATTERNS = (
+    re.compile(r"full_key: ([\w.\[\]]+)"),
+    re.compile(r"Could not override '([\w.]+)'"),
+)
+
+
+def _bad_key(message: str) -> str | None:
+    for pattern in _KEY_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _valid_keys(parent: str, overrides: list[str], config_name: str) -> list[str]:
+    """The keys under ``parent`` in the config composed without the overrides of that branch,
+    or, failing that, in the schema."""
+    kept = [o for o in overrides if not (parent and o.lstrip("+~").startswith(parent + "."))]
+    try:
+        node = compose_config(kept, config_name)
+    except Exception:
+        node = OmegaConf.structured(TrainConfig)
+    node = OmegaConf.select(node, parent) if parent else node
+    return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+
+
+def check_overrides(overrides: list[str], config_name: str = "train") -> None:
+    """Compose once with ``overrides``; raise :class:`ConfigError` with a readable message if that
+    fails (an unknown key names the key and lists the valid ones; an unknown group choice lists
+    the available choices, as Hydra does)."""
+    try:
+        compose_config(overrides, config_name)
+    except Exception as exc:
+        message = str(exc)
+        key = _bad_key(message)
+        if key is None or "not in struct" not in message and "not in '" not in message:
+            raise ConfigError(message) from None
+        parent, _, leaf = key.rpartition(".")
+        valid = _valid_keys(parent, overrides, config_name)
+        where = f"'{parent}'" if parent else "the top level"
+        raise ConfigError(f"unknown config key '{key}': '{leaf}' is not a key of {where}; "
+                          f"valid keys: {', '.join(valid)}") from None
+
+
+def is_group(name: str) -> bool:
+    return (Path(CONFIG_DIR) / name).is_dir()
+
+
+def reapply_overrides(cfg, composed, overrides: list[str]) -> None:
+    """Copy onto ``cfg`` the values that the command-line ``overrides`` set in ``composed``
+    (a whole section for a group choice such as ``loss=ssl``, one value for ``trainer.max_iters=2``):
+    what the user typed wins over a recipe stage or a checkpoint's saved config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key.startswith("hydra") or key == "experiment" or override.is_delete() or key == "stages":
+            continue
+        value = OmegaConf.select(composed, key)
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value)
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)

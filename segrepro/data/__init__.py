@@ -13,6 +13,9 @@ from .transforms import build_transform
 
 DATASETS = {
     "synthetic": "segrepro.data.synthetic:SyntheticSegmentation",
+    "voc": "segrepro.data.voc:VOCSegmentation",
+    "cityscapes": "segrepro.data.cityscapes:CityscapesSegmentation",
+    "camvid": "segrepro.data.camvid:CamVidSegmentation",
 }
 
 

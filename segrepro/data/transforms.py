@@ -1,10 +1,12 @@
 """Input pipelines (albumentations): the papers' training augmentation and plain validation.
 
-Training (LAD Sec. 4, SSL Sec. 4): random scale in ``data.scale_range``, pad to
-the crop size (mean pixel for the image, ``ignore_index`` for the label),
-random crop, random horizontal flip, ImageNet mean/std normalization. Labels are
-always resized with nearest-neighbour interpolation. Validation: the original
-image, only normalized (the model pads internally; metrics at label resolution).
+Training (LAD Sec. 4.1, SSL Sec. 4.1, as in TF DeepLab's input pipeline): one
+random scale factor drawn uniformly from ``data.scale_range`` for both sides
+(image bilinear, label nearest), pad bottom and right up to the crop size
+(mean pixel for the image, ``ignore_index`` for the label), random crop of
+``data.crop_size`` squared, random horizontal flip (``data.flip``), mean/std
+normalization. Validation: the original image, only normalized (the model pads
+internally; metrics at the label's resolution).
 """
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ class SegTransform:
 
     def __init__(self, pipeline: A.Compose):
         self.pipeline = pipeline
+
+    def reseed(self, seed: int) -> None:
+        """Seed every random step (the trainer seeds each sample by (seed, epoch, index))."""
+        self.pipeline.set_random_seed(seed)
 
     def __call__(self, image: np.ndarray, label: np.ndarray):
         out = self.pipeline(image=image, mask=label)
@@ -35,12 +41,17 @@ def build_transform(data_cfg, train: bool) -> SegTransform:
         return SegTransform(A.Compose([normalize]))
     crop = int(data_cfg.crop_size)
     lo, hi = (float(v) for v in data_cfg.scale_range)
+    if crop < 1:
+        raise ValueError(f"data.crop_size must be >= 1, got {crop}")
+    if not 0 < lo <= hi:
+        raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {[lo, hi]}")
     mean_pixel = tuple(int(round(255 * m)) for m in mean)
     steps = [
+        # RandomScale draws its factor from 1 + scale_limit, hence the shifted range.
         A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
                       mask_interpolation=cv2.INTER_NEAREST, p=1.0),
-        A.PadIfNeeded(min_height=crop, min_width=crop, border_mode=cv2.BORDER_CONSTANT,
-                      fill=mean_pixel, fill_mask=int(data_cfg.ignore_index)),
+        A.PadIfNeeded(min_height=crop, min_width=crop, position="top_left",
+                      border_mode=cv2.BORDER_CONSTANT, fill=mean_pixel, fill_mask=int(data_cfg.ignore_index)),
         A.RandomCrop(height=crop, width=crop),
     ]
     if data_cfg.flip:

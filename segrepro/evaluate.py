@@ -1,0 +1,70 @@
+"""``segrepro eval checkpoint=PATH [overrides]`` / ``python -m segrepro.evaluate``.
+
+Evaluates a checkpoint on the validation split with the checkpoint's own config;
+what you type on the command line (``data=...``, ``data.root=...``) wins.
+Multi-GPU: ``torchrun --nproc_per_node N -m segrepro.evaluate checkpoint=PATH``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from .config import TrainConfig, register_configs, reapply_overrides
+from .data import build_dataset
+from .engine.checkpoint import load_checkpoint
+from .engine.distributed import cleanup, init_distributed
+from .engine.evaluator import Evaluator
+from .engine.trainer import write_json
+from .entry import guarded, run_hydra
+from .metrics import format_report
+from .models import build_model
+
+
+def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
+    """Evaluate ``cfg.checkpoint``; print the report and write ``eval.json`` into ``out_dir``."""
+    state = load_checkpoint(cfg.checkpoint)
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"{cfg.checkpoint} is not a segrepro checkpoint (no 'model'/'config' entries)")
+    run_cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"])
+    reapply_overrides(run_cfg, cfg, overrides)
+    dist_info = init_distributed(run_cfg.trainer.device)
+    try:
+        model = build_model(run_cfg.model, run_cfg.data.num_classes)
+        model.load_state_dict(state["model"])
+        model.to(dist_info.device)
+        dataset = build_dataset(run_cfg.data, run_cfg.data.val_split, train=False)
+        evaluator = Evaluator(dataset, run_cfg.data.num_classes, run_cfg.data.ignore_index, dist_info.device,
+                              dist_info.rank, dist_info.world_size, run_cfg.data.val_batch_size,
+                              run_cfg.data.num_workers, progress=run_cfg.trainer.progress)
+        metrics, matrix, _ = evaluator.run(model)
+        if dist_info.is_main:
+            names = list(getattr(dataset, "class_names", range(run_cfg.data.num_classes)))
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            write_json({"checkpoint": str(cfg.checkpoint), "step": int(state.get("step", -1)),
+                        "split": run_cfg.data.val_split, "class_names": names, **metrics,
+                        "confusion_matrix": matrix.mat.cpu().tolist()}, out / "eval.json")
+            print(format_report(metrics, names, title=f"{cfg.checkpoint} on {run_cfg.data.name}/{run_cfg.data.val_split}"))
+            print(f"written: {out.resolve() / 'eval.json'}")
+        return metrics
+    finally:
+        cleanup()
+
+
+@hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
+def _hydra_main(cfg) -> None:
+    hydra_cfg = HydraConfig.get()
+    guarded(evaluate_checkpoint, cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+
+
+def main() -> None:
+    register_configs()
+    run_hydra(_hydra_main, "eval", sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

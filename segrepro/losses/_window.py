@@ -1,0 +1,92 @@
+"""Weighted local statistics over a square window (SSL Sec. 3.3, Eqs. 14-15).
+
+The window is a ``size x size`` circular-symmetric Gaussian of standard
+deviation ``sigma`` normalized to unit sum (``sigma=None``: uniform). The
+statistics of a pixel are taken over the in-image, non-ignored pixels of its
+window only, with the window weights renormalized to sum to one over those
+pixels: ``mean(v)_i = sum_j w_(j-i) m_j v_j / sum_j w_(j-i) m_j`` with ``m``
+the valid mask. Both sums are depthwise convolutions with zero padding; the
+denominator does not depend on the class, so it is one channel, computed once.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def check_sigma(sigma) -> None:
+    """``sigma`` is ``None`` (uniform window) or a positive number."""
+    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0):
+        raise ValueError(f"sigma must be a positive number or None (uniform window), got {sigma!r}")
+
+
+def window_1d(size: int, sigma, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The normalized 1-D factor of the window: ``exp(-i^2 / (2 sigma^2))`` or uniform."""
+    if sigma is None:
+        g = torch.ones(size, dtype=torch.float64)
+    else:
+        i = torch.arange(size, dtype=torch.float64) - size // 2
+        g = torch.exp(-(i * i) / (2.0 * float(sigma) ** 2))
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def window_2d(size: int, sigma, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The ``size x size`` window, unit sum; the circular Gaussian is the outer product of ``window_1d``."""
+    g = window_1d(size, sigma)
+    return torch.outer(g, g).to(dtype=dtype, device=device)
+
+
+def center_weight(size: int, sigma) -> float:
+    """Weight ``w_c`` of the center of the full, normalized window."""
+    return float(window_1d(size, sigma)[size // 2]) ** 2
+
+
+class LocalStats:
+    """Renormalized local means over the valid pixels of each window.
+
+    ``valid`` is the ``[N, H, W]`` mask of non-ignored pixels. ``mean(v)``
+    takes ``v [N, K, H, W]`` that is already zero at ignored pixels and returns
+    the weighted local mean of every channel; at ignored centers it is 0 (their
+    statistics are never used, and their window may hold no valid pixel).
+    ``adjoint(g)`` is the transpose of ``mean`` (before the masking of ``v``):
+    the window is symmetric, so it is the same convolution applied after the
+    division.
+    """
+
+    def __init__(self, size: int, sigma, valid: torch.Tensor, dtype: torch.dtype):
+        self.size = size
+        self.kernel = window_2d(size, sigma, dtype=dtype, device=valid.device)
+        self.mask = valid.unsqueeze(1).to(dtype)
+        weight_sum = self._conv(self.mask)
+        self.inv = torch.where(valid.unsqueeze(1), 1.0 / weight_sum.clamp(min=torch.finfo(dtype).tiny), 0.0)
+
+    def _conv(self, v: torch.Tensor) -> torch.Tensor:
+        k = v.shape[1]
+        weight = self.kernel.expand(k, 1, self.size, self.size)
+        return F.conv2d(v, weight, padding=self.size // 2, groups=k)
+
+    def mean(self, v: torch.Tensor) -> torch.Tensor:
+        return self._conv(v).mul_(self.inv)
+
+    def adjoint(self, g: torch.Tensor) -> torch.Tensor:
+        return self._conv(g * self.inv)
+
+
+def normalize_(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool) -> torch.Tensor:
+    """SSL Eq. 10 (one side): ``(v - mu + c4) / (std + c4)``, no gradient.
+
+    ``v`` is zero at ignored pixels; ``binary`` (a 0/1 map) uses ``E[v^2] = mu``
+    (Eq. 16). The variance is clamped at 0. With ``c4 = 0`` a window of zero
+    variance normalizes to 0 (``v = mu`` there). At ignored pixels the result
+    is ``1`` for any ``v``-side (``(0 - 0 + c4) / c4``), so the difference of two
+    normalized maps is 0 there.
+    """
+    with torch.no_grad():
+        mu = stats.mean(v)
+        var = mu - mu * mu if binary else stats.mean(v * v).sub_(mu * mu)
+        den = var.clamp_(min=0.0).sqrt_().add_(c4)
+        if c4 == 0:
+            den.masked_fill_(den == 0, math.inf)
+        return mu.neg_().add_(v).add_(c4).div_(den)

@@ -1,0 +1,157 @@
+"""Locally adaptive loss, LAD (LAD paper, Section 3, Eqs. 2-5)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from ._functional import autocast_off, check_window, prepare, zero_with_graph
+
+
+def standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Standard score of each pixel's logit vector over the class axis (LAD Sec. 3.1):
+    ``(x - mean_c) / (std_c + eps)`` with the population std.
+
+    A pixel whose logits are all equal has ``std = 0``; its std gets a zero
+    (sub)gradient there instead of ``sqrt``'s infinite one, so a constant head
+    (e.g. a zero-initialised classifier) trains instead of producing NaN.
+    """
+    xc = x - x.mean(dim=1, keepdim=True)
+    var = xc.pow(2).mean(dim=1, keepdim=True)
+    positive = var > 0
+    std = torch.where(positive, torch.where(positive, var, 1.0).sqrt(), 0.0)
+    return xc / (std + eps)
+
+
+def _span(length: int, stride: int, offset: int):
+    """Centers ``a`` of the strided grid (``ceil(length / stride)`` of them) whose neighbour
+    ``stride * a + offset`` is inside ``[0, length)``: ``(center slice, neighbour slice)``,
+    or ``None`` when there is none."""
+    n = (length - 1) // stride + 1
+    a0 = max(0, -(offset // stride))  # ceil(-offset / stride)
+    a1 = min(n, (length - 1 - offset) // stride + 1)
+    if a1 <= a0:
+        return None
+    return slice(a0, a1), slice(stride * a0 + offset, stride * (a1 - 1) + offset + 1, stride)
+
+
+def _window(target: torch.Tensor, valid: torch.Tensor, kernel_size: int, stride: int):
+    """Per window offset: ``(w, center index, neighbour index, mu)`` with ``w = 2^(1 - D8)``
+    and ``mu [N, 1, h, w]`` true where the neighbour carries the (valid) center's label
+    (LAD Eq. 2). Offsets whose neighbours all fall outside the image are skipped."""
+    height, width = target.shape[1:]
+    centers, center_valid = target[:, ::stride, ::stride], valid[:, ::stride, ::stride]
+    r = kernel_size // 2
+    for di in range(-r, r + 1):
+        for dj in range(-r, r + 1):
+            rows, cols = _span(height, stride, di), _span(width, stride, dj)
+            if rows is None or cols is None:
+                continue
+            (ca, na), (cb, nb) = rows, cols
+            mu = (centers[:, ca, cb] == target[:, na, nb]) & center_valid[:, ca, cb]
+            yield 2.0 ** (1 - max(abs(di), abs(dj))), (ca, cb), (na, nb), mu.unsqueeze(1)
+
+
+class _SelectivePool(torch.autograd.Function):
+    """``f(p) = (1/xi) * sum_q mu(q) w(q) x(q)`` at the strided centers (LAD Eq. 2).
+
+    Linear in ``x``, so the backward scatters ``grad / xi`` back through the
+    same masks. One accumulator the size of the output and one ``[N, 1, h, w]``
+    mask at a time: memory does not grow with ``kernel_size^2``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, target, valid, kernel_size, stride):
+        n, c, height, width = x.shape
+        size = ((height - 1) // stride + 1, (width - 1) // stride + 1)
+        out = x.new_zeros((n, c) + size)
+        xi = x.new_zeros((n, 1) + size)
+        for w, (ca, cb), (na, nb), mu in _window(target, valid, kernel_size, stride):
+            mu = mu.to(x.dtype)
+            xi[:, :, ca, cb] += mu
+            out[:, :, ca, cb].addcmul_(x[:, :, na, nb], mu, value=w)
+        inv_xi = xi.clamp(min=1.0).reciprocal()  # centers with xi = 0 are ignored ones: f = 0
+        ctx.save_for_backward(target, valid, inv_xi)
+        ctx.shape, ctx.kernel_size, ctx.stride = x.shape, kernel_size, stride
+        return out.mul_(inv_xi)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        target, valid, inv_xi = ctx.saved_tensors
+        grad = grad * inv_xi
+        grad_x = grad.new_zeros(ctx.shape)
+        for w, (ca, cb), (na, nb), mu in _window(target, valid, ctx.kernel_size, ctx.stride):
+            grad_x[:, :, na, nb].addcmul_(grad[:, :, ca, cb], mu.to(grad.dtype), value=w)
+        return grad_x, None, None, None, None
+
+
+class LADLoss(nn.Module):
+    """Locally adaptive loss (LAD paper, Section 3).
+
+    Standardized logits (Sec. 3.1) are pooled over the same-label pixels of a
+    ``kernel_size x kernel_size`` window around each valid center with weights
+    ``2^(1 - D8)`` and divided by the same-label count ``xi`` (Eq. 2); the
+    local loss is the softmax cross entropy of the pooled vector (Eqs. 3-4);
+    the local losses of the valid centers (every ``stride``-th row and column,
+    starting at 0) are Minkowski pooled, ``(mean L_S^k)^(1/k)`` (Eq. 5).
+    """
+
+    def __init__(self, kernel_size: int = 5, k: float = 3.0, stride: int = 1, ignore_index: int = 255):
+        super().__init__()
+        check_window("kernel_size", kernel_size)
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
+            raise ValueError(f"stride must be a positive integer, got {stride!r}")
+        if not k > 0:
+            raise ValueError(f"Minkowski exponent k must be > 0, got {k!r}")
+        self.kernel_size = kernel_size
+        self.k = k
+        self.stride = stride
+        self.ignore_index = ignore_index
+
+    def _strided_local(self, logits: torch.Tensor, target: torch.Tensor):
+        """``L_S`` and the valid mask on the strided center grid (Eqs. 2-4)."""
+        x, target, valid = prepare(logits, target, self.ignore_index)
+        f = _SelectivePool.apply(standardize(x), target, valid, self.kernel_size, self.stride)
+        s = self.stride
+        local = F.cross_entropy(f, target[:, ::s, ::s], ignore_index=self.ignore_index, reduction="none")
+        return local, valid[:, ::s, ::s], x
+
+    def _minkowski(self, local: torch.Tensor) -> torch.Tensor:
+        """Minkowski pooling of the valid local losses, ``(mean L_S^k)^(1/k)`` (Eq. 5)."""
+        return local.pow(self.k).mean().pow(1.0 / self.k)
+
+    def local_losses(self, logits: torch.Tensor, target: torch.Tensor):
+        """``(L_S [N, H, W], valid [N, H, W] bool)``; off the stride grid ``L_S = 0`` and ``valid`` is false."""
+        with autocast_off(logits.device.type):
+            local, valid, _ = self._strided_local(logits, target)
+            s = self.stride
+            if s == 1:
+                return local, valid
+            full = local.new_zeros(target.shape)
+            full[:, ::s, ::s] = local
+            full_valid = torch.zeros(target.shape, dtype=torch.bool, device=target.device)
+            full_valid[:, ::s, ::s] = valid
+            return full, full_valid
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with autocast_off(logits.device.type):
+            local, valid, x = self._strided_local(logits, target)
+            if not bool(valid.any()):
+                return zero_with_graph(x)
+            return self._minkowski(local[valid])
+
+    def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict:
+        """``lad`` (the loss) and the mean and max of the local losses ``L_S`` over the valid centers."""
+        with autocast_off(logits.device.type):
+            local, valid, x = self._strided_local(logits, target)
+            if not bool(valid.any()):
+                zero = zero_with_graph(x)
+                return {"lad": zero, "local_mean": zero, "local_max": zero}
+            local = local[valid]
+            return {
+                "lad": self._minkowski(local),
+                "local_mean": local.mean(),
+                "local_max": local.max(),
+            }

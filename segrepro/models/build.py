@@ -1,0 +1,126 @@
+"""``build_model``: a :class:`ModelConfig` to a :class:`SegmentationNet`.
+
+- ``deeplabv3`` / ``deeplabv3plus``: segmentation-models-pytorch's DeepLabV3 /
+  DeepLabV3Plus (Chen et al. 2017 "Rethinking atrous convolution"; Chen et al.
+  2018 "Encoder-decoder with atrous separable convolution"), the SSL paper's
+  models (SSL Sec. 4.1), with any smp encoder or timm one (``tu-<name>``).
+- ``deeplabv2``: an smp ResNet encoder with atrous convolution and the ASPP-V2
+  head of :mod:`.deeplabv2`, the LAD paper's model (LAD Sec. 4.1).
+
+The segmentation head gives logits at the feature stride; the wrapper upsamples
+them (``bilinear`` or the LAD baseline's learned ``deconv``) to the input size.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Tuple
+
+import segmentation_models_pytorch as smp
+import timm
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from ..config import ModelConfig
+from .deeplabv2 import ASPPV2, LastStage
+from .segmentation_net import SegmentationNet
+from .upsampling import BilinearUpsample, LearnedDeconvUpsample
+from .weights import load_weights
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("deeplabv2", "deeplabv3", "deeplabv3plus")
+OUTPUT_STRIDES = (8, 16)
+UPSAMPLINGS = ("bilinear", "deconv")
+SMP_ARCHS = {"deeplabv3": smp.DeepLabV3, "deeplabv3plus": smp.DeepLabV3Plus}
+DEEPLABV3PLUS_FEATURE_STRIDE = 4  # its decoder fuses the ASPP output with the stride-4 encoder stage
+
+
+def as_model_config(model_cfg: Any) -> ModelConfig:
+    """A ``ModelConfig`` from a ``ModelConfig``, an omegaconf ``DictConfig`` or a plain dict with its keys."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), model_cfg)
+    except OmegaConfBaseException as error:
+        raise ValueError(f"bad model config ({error}); valid keys: {list(ModelConfig.__dataclass_fields__)}") from None
+    return OmegaConf.to_object(merged)
+
+
+def check_model_config(cfg: ModelConfig, num_classes: int) -> None:
+    """Raise ``ValueError`` naming the key and the valid choices for a config that cannot be built."""
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"model.arch={cfg.arch!r} is not one of {list(ARCHS)}")
+    if cfg.output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"model.output_stride={cfg.output_stride} is not one of {list(OUTPUT_STRIDES)}")
+    if cfg.upsampling not in UPSAMPLINGS:
+        raise ValueError(f"model.upsampling={cfg.upsampling!r} is not one of {list(UPSAMPLINGS)}")
+    if cfg.arch in SMP_ARCHS and len(cfg.atrous_rates) != 3:
+        raise ValueError(f"model.atrous_rates: {cfg.arch} needs 3 rates, got {list(cfg.atrous_rates)}")
+    if not cfg.atrous_rates:
+        raise ValueError("model.atrous_rates: deeplabv2 needs at least one rate, got []")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if cfg.encoder.startswith("tu-"):
+        if not timm.is_model(cfg.encoder[3:]):
+            raise ValueError(f"model.encoder={cfg.encoder!r}: timm has no model {cfg.encoder[3:]!r}")
+    elif cfg.encoder not in smp.encoders.get_encoder_names():
+        raise ValueError(
+            f"model.encoder={cfg.encoder!r} is not an smp encoder "
+            "(see segmentation_models_pytorch.encoders.get_encoder_names(), or use 'tu-<timm model name>')"
+        )
+
+
+def _build_parts(cfg: ModelConfig, num_classes: int, encoder_weights: Optional[Any]) -> Tuple[nn.Module, ...]:
+    """(encoder, decoder, segmentation head, feature_dim, feature_stride) of the architecture."""
+    if cfg.arch == "deeplabv2":
+        encoder = smp.encoders.get_encoder(cfg.encoder, weights=encoder_weights, output_stride=cfg.output_stride)
+        channels = encoder.out_channels[-1]
+        head = ASPPV2(channels, num_classes, cfg.atrous_rates)
+        return encoder, LastStage(), head, channels, cfg.output_stride
+    net = SMP_ARCHS[cfg.arch](
+        encoder_name=cfg.encoder,
+        encoder_weights=encoder_weights,
+        encoder_output_stride=cfg.output_stride,
+        decoder_atrous_rates=tuple(cfg.atrous_rates),
+        decoder_channels=cfg.decoder_channels,
+        classes=num_classes,
+        upsampling=1,  # the head gives logits at the feature stride; SegmentationNet upsamples
+    )
+    stride = DEEPLABV3PLUS_FEATURE_STRIDE if cfg.arch == "deeplabv3plus" else cfg.output_stride
+    return net.encoder, net.decoder, net.segmentation_head, cfg.decoder_channels, stride
+
+
+def _build_parts_pretrained(cfg: ModelConfig, num_classes: int) -> Tuple[nn.Module, ...]:
+    """The parts with ImageNet encoder weights, or randomly initialized with a loud warning if they cannot be had."""
+    imagenet = True if cfg.encoder.startswith("tu-") else "imagenet"  # smp's spelling for timm / own encoders
+    try:
+        return _build_parts(cfg, num_classes, imagenet)
+    except Exception as error:  # no network, no cached file, or no ImageNet weights for this encoder
+        log.warning(
+            "could not load ImageNet weights for encoder %s (%s: %s); training from scratch "
+            "(random init). Put the weights in the Hugging Face cache or set model.weights to a local file.",
+            cfg.encoder, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
+        )
+        return _build_parts(cfg, num_classes, None)
+
+
+def build_model(model_cfg: Any, num_classes: int) -> SegmentationNet:
+    """The network of ``model_cfg`` (a ModelConfig, DictConfig or dict) with ``num_classes`` outputs."""
+    cfg = as_model_config(model_cfg)
+    check_model_config(cfg, num_classes)
+    if cfg.pretrained:
+        parts = _build_parts_pretrained(cfg, num_classes)
+    else:
+        if cfg.weights is None:
+            log.warning("model.pretrained is false and model.weights is not set: "
+                        "%s / %s trains from scratch (random init)", cfg.arch, cfg.encoder)
+        parts = _build_parts(cfg, num_classes, None)
+    encoder, decoder, head, feature_dim, feature_stride = parts
+    if cfg.upsampling == "deconv":
+        upsample = LearnedDeconvUpsample(num_classes, feature_stride)
+    else:
+        upsample = BilinearUpsample(feature_stride)
+    model = SegmentationNet(encoder, decoder, head, upsample, feature_dim, feature_stride,
+                            size_multiple=cfg.output_stride)
+    if cfg.weights is not None:
+        load_weights(model, cfg.weights)
+    return model

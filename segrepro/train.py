@@ -1,0 +1,79 @@
+"""``segrepro train`` / ``python -m segrepro.train``: compose the config, run every stage, report.
+
+Multi-GPU: ``torchrun --nproc_per_node N -m segrepro.train [overrides]``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from .config import register_configs, reapply_overrides
+from .engine.checkpoint import CheckpointDir
+from .engine.distributed import cleanup, init_distributed
+from .engine.trainer import Trainer
+from .entry import guarded, run_hydra
+from .metrics import format_report
+
+log = logging.getLogger("segrepro")
+
+
+def stage_configs(cfg, overrides: list[str]) -> list[tuple[str, object]]:
+    """``[(sub-folder, config)]``: one entry per stage of ``cfg.stages`` (each merged onto the base
+    config, the command-line overrides applied again on top), or the config itself."""
+    if not cfg.stages:
+        return [("", cfg)]
+    stages = []
+    for i, stage in enumerate(cfg.stages, start=1):
+        changes = OmegaConf.to_container(stage, resolve=False)
+        name = changes.pop("name", f"stage{i}")
+        base = cfg.copy()
+        base.stages = []
+        merged = OmegaConf.merge(base, changes)
+        reapply_overrides(merged, cfg, overrides)
+        stages.append((f"stage{i}-{name}", merged))
+    return stages
+
+
+def run(cfg, run_dir, overrides: list[str]) -> dict:
+    """Train every stage in ``run_dir`` (stage k > 1 starts from stage k-1's final weights)."""
+    dist_info = init_distributed(cfg.trainer.device)
+    try:
+        previous = None
+        final = {}
+        for folder, stage_cfg in stage_configs(cfg, overrides):
+            stage_dir = Path(run_dir) / folder
+            if previous is not None and not stage_cfg.trainer.init_from:
+                stage_cfg.trainer.init_from = str(previous)
+            if folder and dist_info.is_main:
+                log.info("stage %s in %s", folder, stage_dir)
+            trainer = Trainer(stage_cfg, stage_dir, dist_info)
+            final = trainer.fit()
+            previous = CheckpointDir(stage_dir / "checkpoints").path(stage_cfg.trainer.max_iters)
+            if dist_info.is_main:
+                print(format_report(final, trainer.class_names, title=f"{folder or 'run'}: validation"))
+        if dist_info.is_main:
+            print(f"run folder: {Path(run_dir).resolve()}")
+            print(f"look at it: tensorboard --logdir {Path(run_dir).resolve()}")
+        return final
+    finally:
+        cleanup()
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def _hydra_main(cfg) -> None:
+    hydra_cfg = HydraConfig.get()
+    guarded(run, cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+
+
+def main() -> None:
+    register_configs()
+    run_hydra(_hydra_main, "train", sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
