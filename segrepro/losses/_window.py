@@ -15,6 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+# Classes processed at once by the chunked losses: bounds their temporaries to a fraction of the logits.
+CLASS_CHUNK = 8
+
 
 def check_sigma(sigma) -> None:
     """``sigma`` is ``None`` (uniform window) or a positive number."""
@@ -90,3 +93,30 @@ def normalize_(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool) -> t
         if c4 == 0:
             den.masked_fill_(den == 0, math.inf)
         return mu.neg_().add_(v).add_(c4).div_(den)
+
+
+def class_chunks(target: torch.Tensor, valid: torch.Tensor, num_classes: int, dtype: torch.dtype):
+    """Yield ``(slice, y)`` over groups of ``CLASS_CHUNK`` classes, ``y`` the one-hot of those classes (0 at ignored pixels)."""
+    for start in range(0, num_classes, CLASS_CHUNK):
+        classes = torch.arange(start, min(start + CLASS_CHUNK, num_classes), device=target.device)
+        y = (target.unsqueeze(1) == classes.view(1, -1, 1, 1)) & valid.unsqueeze(1)
+        yield slice(start, start + len(classes)), y.to(dtype)
+
+
+class _AttachGrad(torch.autograd.Function):
+    """Returns ``value``; its gradient w.r.t. ``x`` is ``grad`` (computed eagerly with the value)."""
+
+    @staticmethod
+    def forward(ctx, x, value, grad):
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None
+
+
+def attach_grad(x: torch.Tensor, value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A scalar equal to ``value`` whose gradient w.r.t. ``x`` is ``grad`` (first order only)."""
+    return _AttachGrad.apply(x, value, grad)

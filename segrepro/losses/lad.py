@@ -9,19 +9,37 @@ from torch.autograd.function import once_differentiable
 from ._functional import autocast_off, check_window, prepare, zero_with_graph
 
 
-def standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+class _Standardize(torch.autograd.Function):
     """Standard score of each pixel's logit vector over the class axis (LAD Sec. 3.1):
-    ``(x - mean_c) / (std_c + eps)`` with the population std.
+    ``x = (x_hat - mean_c) / (std_c + eps)`` with the population std.
 
-    A pixel whose logits are all equal has ``std = 0``; its std gets a zero
-    (sub)gradient there instead of ``sqrt``'s infinite one, so a constant head
-    (e.g. a zero-initialised classifier) trains instead of producing NaN.
+    The backward is written out, ``(g - mean_c g) / (std + eps) - x * mean_c(g x) / std``,
+    so that it holds one full-size temporary instead of autograd's chain of them;
+    where ``std = 0`` (all logits of a pixel equal, e.g. a zero-initialised head)
+    the std gets a zero subgradient instead of ``sqrt``'s infinite one.
     """
-    xc = x - x.mean(dim=1, keepdim=True)
-    var = xc.pow(2).mean(dim=1, keepdim=True)
-    positive = var > 0
-    std = torch.where(positive, torch.where(positive, var, 1.0).sqrt(), 0.0)
-    return xc / (std + eps)
+
+    @staticmethod
+    def forward(ctx, logits, eps):
+        xc = logits - logits.mean(dim=1, keepdim=True)
+        std = xc.square().mean(dim=1, keepdim=True).sqrt()
+        x = xc.div_(std + eps)
+        ctx.save_for_backward(x, std)
+        ctx.eps = eps
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, std = ctx.saved_tensors
+        coef = torch.where(std > 0, (grad * x).mean(dim=1, keepdim=True) / std, 0.0)
+        grad_logits = grad - grad.mean(dim=1, keepdim=True)
+        return grad_logits.div_(std + ctx.eps).addcmul_(x, coef, value=-1.0), None
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``(x_hat - mean_c) / (std_c + eps)`` over the class axis, population std (LAD Sec. 3.1)."""
+    return _Standardize.apply(logits, eps)
 
 
 def _span(length: int, stride: int, offset: int):

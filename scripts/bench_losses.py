@@ -1,0 +1,208 @@
+"""Time and memory of every loss in :mod:`segrepro.losses` against cross entropy.
+
+    python scripts/bench_losses.py [--device cpu|cuda] [--n N --c C --size S --repeats R] [--quick]
+
+For each loss: forward + backward on the same logits as CE, with label maps
+drawn from the synthetic dataset (its 6 classes remapped per image onto a few
+of the ``C`` classes, its ignore bands kept). Printed as a Markdown table:
+
+* time: the median of ``--repeats`` runs after one warm-up; CE and the loss are
+  run alternately (CE, loss, CE, loss, ...) so that load from other processes
+  on a shared machine hits both alike; ``x CE`` is the ratio of the medians.
+* share of a DeepLabV3-ResNet-101 step: the loss's time over the median time of
+  one forward + CE + backward step of ``smp.DeepLabV3("resnet101", classes=C)``
+  at the same batch and size, measured in the same run.
+* extra peak memory, as a multiple of the logits' size: the peak, over the
+  forward and backward, of the memory allocated beyond what was live before the
+  call (inputs exist, no gradient yet), so the gradient of the logits (1x)
+  counts. CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation
+  before. CPU: ``torch.profiler`` with ``profile_memory=True`` records every
+  allocation and free of the CPU allocator with its size; the running sum of
+  those, in time order, is the memory the call holds, and its maximum is the peak.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import segrepro.losses as losses
+
+# (label, class name, constructor kwargs); CenterLoss gets num_classes/feat_dim below.
+VARIANTS = [
+    ("CE", "CrossEntropyLoss", {}),
+    ("BCE", "BCELoss", {}),
+    ("focal", "FocalLoss", {}),
+    ("center", "CenterLoss", {}),
+    ("LAD k3", "LADLoss", {"kernel_size": 3}),
+    ("LAD k5", "LADLoss", {"kernel_size": 5}),
+    ("LAD k7", "LADLoss", {"kernel_size": 7}),
+    ("SSL r3", "SSLLoss", {"region_size": 3}),
+    ("SSL r7", "SSLLoss", {"region_size": 7}),
+    ("SSL r11", "SSLLoss", {"region_size": 11}),
+    ("SSIM eq7", "SSIMLoss", {"form": "eq7"}),
+    ("SSIM eq9", "SSIMLoss", {"form": "eq9"}),
+    ("affinity", "AffinityFieldLoss", {}),
+]
+FEATURE_DIM, FEATURE_STRIDE = 256, 4  # decoder features of a DeepLab head at 1/4 resolution
+
+
+def variants():
+    """Every configured variant, plus any exported loss not configured (default arguments)."""
+    configured = {name for _, name, _ in VARIANTS}
+    extra = [(name, name, {}) for name in losses.__all__ if name not in configured]
+    return VARIANTS + extra
+
+
+def label_maps(n: int, num_classes: int, height: int, width: int) -> torch.Tensor:
+    """``[n, H, W]`` int64 labels from the synthetic dataset, its classes remapped per image."""
+    try:
+        from segrepro.data.synthetic import SyntheticSegmentation
+    except ImportError as error:
+        raise SystemExit(f"bench_losses: needs segrepro.data.synthetic.SyntheticSegmentation ({error})")
+    dataset = SyntheticSegmentation(split="val", image_size=(max(height, 32), max(width, 32)))
+    rng = np.random.default_rng(0)
+    maps = []
+    for i in range(n):
+        _, label = dataset[i % len(dataset)]
+        lut = np.full(256, 255, np.int64)
+        lut[: dataset.num_classes] = np.concatenate(
+            [[0], rng.choice(np.arange(1, num_classes), dataset.num_classes - 1, replace=False)])
+        label = torch.from_numpy(lut[label])[None, None].float()
+        maps.append(F.interpolate(label, size=(height, width), mode="nearest")[0, 0].long())
+    return torch.stack(maps)
+
+
+def build(name: str, kwargs: dict, num_classes: int):
+    cls = getattr(losses, name)
+    if getattr(cls, "needs_features", False):
+        kwargs = {"num_classes": num_classes, "feat_dim": FEATURE_DIM, **kwargs}
+    return cls(**kwargs)
+
+
+def make_step(loss, logits, target, features):
+    """A closure running forward + backward of ``loss`` on fresh gradients."""
+    inputs = (logits, target, features) if getattr(loss, "needs_features", False) else (logits, target)
+
+    def step():
+        logits.grad = None
+        if features is not None:
+            features.grad = None
+        loss(*inputs).backward()
+    return step
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_extra_bytes(fn, device: torch.device) -> int:
+    """Peak memory allocated by ``fn`` beyond what was live when it started (see module docstring)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def model_step_seconds(n, num_classes, size, device, repeats) -> float:
+    """Median time of one DeepLabV3-ResNet-101 forward + CE + backward step."""
+    import segmentation_models_pytorch as smp
+
+    model = smp.DeepLabV3("resnet101", encoder_weights=None, classes=num_classes).to(device).train()
+    images = torch.randn(n, 3, size, size, device=device)
+    target = torch.randint(0, num_classes, (n, size, size), device=device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), target).backward()
+    step()
+    seconds = statistics.median(timed(step, device) for _ in range(repeats))
+    del model
+    return seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--n", type=int, help="batch (default: cpu 2, cuda 12)")
+    parser.add_argument("--c", type=int, default=21, help="classes")
+    parser.add_argument("--size", type=int, help="H = W (default: cpu 257, cuda 513)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per loss after one warm-up")
+    parser.add_argument("--model-repeats", type=int, default=3, help="timed DeepLabV3-R101 steps")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 2 repeats")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
+    n = args.n or (2 if args.quick or device.type == "cpu" else 12)
+    size = args.size or (33 if args.quick else 257 if device.type == "cpu" else 513)
+    repeats = 2 if args.quick else args.repeats
+    model_repeats = 1 if args.quick else args.model_repeats
+    torch.manual_seed(0)
+
+    target = label_maps(n, args.c, size, size).to(device)
+    logits = torch.randn(n, args.c, size, size, device=device, requires_grad=True)
+    fsize = -(-size // FEATURE_STRIDE)
+    features = torch.randn(n, FEATURE_DIM, fsize, fsize, device=device, requires_grad=True)
+    logit_bytes = logits.numel() * logits.element_size()
+
+    ce = make_step(losses.CrossEntropyLoss(), logits, target, None)
+    rows = []
+    for label, name, kwargs in variants():
+        if not hasattr(losses, name):
+            rows.append(f"| {label} | {name} not in segrepro.losses | | | | |")
+            continue
+        step = make_step(build(name, kwargs, args.c).to(device), logits, target, features)
+        ce(), step()  # warm-up
+        ce_times, loss_times = [], []
+        for _ in range(repeats):
+            ce_times.append(timed(ce, device))
+            loss_times.append(timed(step, device))
+        memory = peak_extra_bytes(step, device) / logit_bytes
+        rows.append((label, statistics.median(loss_times), statistics.median(ce_times), memory))
+
+    model_seconds = model_step_seconds(n, args.c, size, device, model_repeats)
+    print(f"Losses, forward + backward: device {device}, N={n}, C={args.c}, H=W={size}, "
+          f"{repeats} runs after 1 warm-up (median), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads.")
+    print(f"DeepLabV3-ResNet-101 forward + CE + backward step: {1e3 * model_seconds:.1f} ms "
+          f"(median of {model_repeats}).\n")
+    print("| loss | ms | CE ms (same run) | x CE | share of DLv3-R101 step | extra peak memory (x logits) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        if isinstance(row, str):
+            print(row)
+            continue
+        label, seconds, ce_seconds, memory = row
+        print(f"| {label} | {1e3 * seconds:.1f} | {1e3 * ce_seconds:.1f} | {seconds / ce_seconds:.2f} "
+              f"| {100 * seconds / model_seconds:.2f}% | {memory:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
