@@ -1,6 +1,7 @@
 """Time and memory of every loss in :mod:`segrepro.losses` against cross entropy.
 
-    python scripts/bench_losses.py [--device cpu|cuda] [--n N --c C --size S --repeats R] [--quick]
+    python scripts/bench_losses.py [--device cpu|cuda] [--n N --c C --size S --repeats R]
+                                   [--threads T] [--quick]
 
 For each loss: forward + backward on the same logits as CE, with label maps
 drawn from the synthetic dataset (its 6 classes remapped per image onto a few
@@ -8,7 +9,8 @@ of the ``C`` classes, its ignore bands kept). Printed as a Markdown table:
 
 * time: the median of ``--repeats`` runs after one warm-up; CE and the loss are
   run alternately (CE, loss, CE, loss, ...) so that load from other processes
-  on a shared machine hits both alike; ``x CE`` is the ratio of the medians.
+  on a shared machine hits both alike; ``x CE`` is the median of the ratios of
+  each loss run to the CE run just before it.
 * share of a DeepLabV3-ResNet-101 step: the loss's time over the median time of
   one forward + CE + backward step of ``smp.DeepLabV3("resnet101", classes=C)``
   at the same batch and size, measured in the same run.
@@ -33,30 +35,29 @@ import torch.nn.functional as F
 
 import segrepro.losses as losses
 
-# (label, class name, constructor kwargs); CenterLoss gets num_classes/feat_dim below.
+# (class name, constructor kwargs); CenterLoss also gets num_classes and feat_dim.
 VARIANTS = [
-    ("CE", "CrossEntropyLoss", {}),
-    ("BCE", "BCELoss", {}),
-    ("focal", "FocalLoss", {}),
-    ("center", "CenterLoss", {}),
-    ("LAD k3", "LADLoss", {"kernel_size": 3}),
-    ("LAD k5", "LADLoss", {"kernel_size": 5}),
-    ("LAD k7", "LADLoss", {"kernel_size": 7}),
-    ("SSL r3", "SSLLoss", {"region_size": 3}),
-    ("SSL r7", "SSLLoss", {"region_size": 7}),
-    ("SSL r11", "SSLLoss", {"region_size": 11}),
-    ("SSIM eq7", "SSIMLoss", {"form": "eq7"}),
-    ("SSIM eq9", "SSIMLoss", {"form": "eq9"}),
-    ("affinity", "AffinityFieldLoss", {}),
+    ("CrossEntropyLoss", {}),
+    ("BCELoss", {}),
+    ("FocalLoss", {}),
+    ("CenterLoss", {}),
+    ("LADLoss", {"kernel_size": 3}),
+    ("LADLoss", {"kernel_size": 5}),
+    ("LADLoss", {"kernel_size": 7}),
+    ("SSLLoss", {"region_size": 3}),
+    ("SSLLoss", {"region_size": 7}),
+    ("SSLLoss", {"region_size": 11}),
+    ("SSIMLoss", {"form": "eq7"}),
+    ("SSIMLoss", {"form": "eq9"}),
+    ("AffinityFieldLoss", {}),
 ]
 FEATURE_DIM, FEATURE_STRIDE = 256, 4  # decoder features of a DeepLab head at 1/4 resolution
 
 
 def variants():
     """Every configured variant, plus any exported loss not configured (default arguments)."""
-    configured = {name for _, name, _ in VARIANTS}
-    extra = [(name, name, {}) for name in losses.__all__ if name not in configured]
-    return VARIANTS + extra
+    configured = {name for name, _ in VARIANTS}
+    return VARIANTS + [(name, {}) for name in losses.__all__ if name not in configured]
 
 
 def label_maps(n: int, num_classes: int, height: int, width: int) -> torch.Tensor:
@@ -78,11 +79,15 @@ def label_maps(n: int, num_classes: int, height: int, width: int) -> torch.Tenso
     return torch.stack(maps)
 
 
-def build(name: str, kwargs: dict, num_classes: int):
-    cls = getattr(losses, name)
-    if getattr(cls, "needs_features", False):
-        kwargs = {"num_classes": num_classes, "feat_dim": FEATURE_DIM, **kwargs}
-    return cls(**kwargs)
+def arguments(name: str, kwargs: dict, num_classes: int) -> dict:
+    if getattr(getattr(losses, name, None), "needs_features", False):
+        return {"num_classes": num_classes, "feat_dim": FEATURE_DIM, **kwargs}
+    return kwargs
+
+
+def clear_grads(*tensors) -> None:
+    for tensor in tensors:
+        tensor.grad = None
 
 
 def make_step(loss, logits, target, features):
@@ -90,9 +95,7 @@ def make_step(loss, logits, target, features):
     inputs = (logits, target, features) if getattr(loss, "needs_features", False) else (logits, target)
 
     def step():
-        logits.grad = None
-        if features is not None:
-            features.grad = None
+        clear_grads(logits, features)
         loss(*inputs).backward()
     return step
 
@@ -130,16 +133,21 @@ def peak_extra_bytes(fn, device: torch.device) -> int:
 
 
 def model_step_seconds(n, num_classes, size, device, repeats) -> float:
-    """Median time of one DeepLabV3-ResNet-101 forward + CE + backward step."""
+    """Median time of one DeepLabV3-ResNet-101 forward + CE + backward step.
+
+    smp's DeepLabV3 takes sides divisible by 8: the images are zero-padded up to
+    the next multiple of 8 and the logits cropped back to ``size``."""
     import segmentation_models_pytorch as smp
 
     model = smp.DeepLabV3("resnet101", encoder_weights=None, classes=num_classes).to(device).train()
+    pad = -size % 8
     images = torch.randn(n, 3, size, size, device=device)
     target = torch.randint(0, num_classes, (n, size, size), device=device)
 
     def step():
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), target).backward()
+        logits = model(F.pad(images, (0, pad, 0, pad)))[:, :, :size, :size]
+        F.cross_entropy(logits, target).backward()
     step()
     seconds = statistics.median(timed(step, device) for _ in range(repeats))
     del model
@@ -154,8 +162,11 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, help="H = W (default: cpu 257, cuda 513)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per loss after one warm-up")
     parser.add_argument("--model-repeats", type=int, default=3, help="timed DeepLabV3-R101 steps")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 2 repeats")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
@@ -171,35 +182,42 @@ def main(argv=None) -> int:
     features = torch.randn(n, FEATURE_DIM, fsize, fsize, device=device, requires_grad=True)
     logit_bytes = logits.numel() * logits.element_size()
 
-    ce = make_step(losses.CrossEntropyLoss(), logits, target, None)
+    ce = make_step(losses.CrossEntropyLoss(), logits, target, features)
     rows = []
-    for label, name, kwargs in variants():
+    for name, kwargs in variants():
+        kwargs = arguments(name, kwargs, args.c)
+        label = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
         if not hasattr(losses, name):
-            rows.append(f"| {label} | {name} not in segrepro.losses | | | | |")
+            rows.append(f"| {label} | not in segrepro.losses | | | | |")
             continue
-        step = make_step(build(name, kwargs, args.c).to(device), logits, target, features)
+        step = make_step(getattr(losses, name)(**kwargs).to(device), logits, target, features)
         ce(), step()  # warm-up
         ce_times, loss_times = [], []
         for _ in range(repeats):
             ce_times.append(timed(ce, device))
             loss_times.append(timed(step, device))
+        clear_grads(logits, features)  # the measured call must not start by freeing old gradients
         memory = peak_extra_bytes(step, device) / logit_bytes
-        rows.append((label, statistics.median(loss_times), statistics.median(ce_times), memory))
+        ratio = statistics.median(t / c for t, c in zip(loss_times, ce_times))
+        rows.append((label, statistics.median(loss_times), statistics.median(ce_times), ratio, memory))
 
     model_seconds = model_step_seconds(n, args.c, size, device, model_repeats)
     print(f"Losses, forward + backward: device {device}, N={n}, C={args.c}, H=W={size}, "
           f"{repeats} runs after 1 warm-up (median), torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads.")
+    padded = size + (-size % 8)
     print(f"DeepLabV3-ResNet-101 forward + CE + backward step: {1e3 * model_seconds:.1f} ms "
-          f"(median of {model_repeats}).\n")
+          f"(median of {model_repeats}; input padded to {padded}x{padded}).")
+    print("Extra peak memory counts the logits' gradient (1x); CenterLoss also its "
+          f"[N, {FEATURE_DIM}, H/{FEATURE_STRIDE}, W/{FEATURE_STRIDE}] features' gradient.\n")
     print("| loss | ms | CE ms (same run) | x CE | share of DLv3-R101 step | extra peak memory (x logits) |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         if isinstance(row, str):
             print(row)
             continue
-        label, seconds, ce_seconds, memory = row
-        print(f"| {label} | {1e3 * seconds:.1f} | {1e3 * ce_seconds:.1f} | {seconds / ce_seconds:.2f} "
+        label, seconds, ce_seconds, ratio, memory = row
+        print(f"| {label} | {1e3 * seconds:.1f} | {1e3 * ce_seconds:.1f} | {ratio:.2f} "
               f"| {100 * seconds / model_seconds:.2f}% | {memory:.2f} |")
     return 0
 

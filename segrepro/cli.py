@@ -23,3 +23,7 @@ def main() -> None:
     else:
         from .evaluate import main as command_main
     command_main()
+
+
+if __name__ == "__main__":
+    main()

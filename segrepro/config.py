@@ -29,7 +29,7 @@ class ModelConfig:
     arch: str = "deeplabv3plus"
     encoder: str = "resnet18"
     output_stride: int = 16
-    atrous_rates: List[int] = field(default_factory=lambda: [12, 24, 36])
+    atrous_rates: List[int] = field(default_factory=lambda: [6, 12, 18])  # for output stride 16
     decoder_channels: int = 256
     upsampling: str = "bilinear"  # or "deconv" (the LAD baseline's learned upsampling)
     pretrained: bool = False  # ImageNet weights through smp/timm
@@ -160,14 +160,17 @@ def check_overrides(overrides: list[str], config_name: str = "train") -> None:
         compose_config(overrides, config_name)
     except Exception as exc:
         message = str(exc)
+        if exc.__cause__ is not None and str(exc.__cause__) not in message:
+            message += f"\n{exc.__cause__}"
         key = _bad_key(message)
-        if key is None or "not in struct" not in message and "not in '" not in message:
-            raise ConfigError(message) from None
-        parent, _, leaf = key.rpartition(".")
-        valid = _valid_keys(parent, overrides, config_name)
-        where = f"'{parent}'" if parent else "the top level"
-        raise ConfigError(f"unknown config key '{key}': '{leaf}' is not a key of {where}; "
-                          f"valid keys: {', '.join(valid)}") from None
+        if key is not None:
+            parent, _, leaf = key.rpartition(".")
+            valid = _valid_keys(parent, overrides, config_name)
+            if valid and leaf not in valid:
+                where = f"'{parent}'" if parent else "the top level"
+                raise ConfigError(f"unknown config key '{key}': '{leaf}' is not a key of {where}; "
+                                  f"valid keys: {', '.join(valid)}") from None
+        raise ConfigError(message) from None
 
 
 def is_group(name: str) -> bool:

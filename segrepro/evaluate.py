@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from .config import TrainConfig, register_configs, reapply_overrides
+from .config import CONFIG_DIR, TrainConfig, reapply_overrides, register_configs
 from .data import build_dataset
 from .engine.checkpoint import load_checkpoint
 from .engine.distributed import cleanup, init_distributed
@@ -55,7 +55,7 @@ def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
         cleanup()
 
 
-@hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
 def _hydra_main(cfg) -> None:
     hydra_cfg = HydraConfig.get()
     guarded(evaluate_checkpoint, cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))

@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from .config import register_configs, reapply_overrides
+from .config import CONFIG_DIR, reapply_overrides, register_configs
 from .engine.checkpoint import CheckpointDir
 from .engine.distributed import cleanup, init_distributed
 from .engine.trainer import Trainer
@@ -64,7 +64,7 @@ def run(cfg, run_dir, overrides: list[str]) -> dict:
         cleanup()
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def _hydra_main(cfg) -> None:
     hydra_cfg = HydraConfig.get()
     guarded(run, cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))

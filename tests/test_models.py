@@ -1,5 +1,6 @@
 """Models: shapes at odd sizes, features, deconv init, gradients, weight loading, config errors."""
 import logging
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from segrepro.config import ModelConfig
+from segrepro.config import CONFIG_DIR, ModelConfig
 from segrepro.models import build_model, load_weights
 from segrepro.models.upsampling import LearnedDeconvUpsample
 
@@ -52,25 +53,33 @@ def test_features_and_logits_shapes(arch, rates, feature_dim, feature_stride, up
     assert features.shape == (2, feature_dim, -(-97 // feature_stride), -(-130 // feature_stride))
 
 
-def test_deeplabv2_resnet101_at_output_stride_8():
+@pytest.mark.parametrize("name, feature_dim, feature_stride", [
+    ("deeplabv2_r101", 2048, 8),
+    ("deeplabv3_r101", 256, 16),
+    ("deeplabv3plus_r101", 256, 4),
+    ("deeplabv3plus_x65", 256, 4),
+    ("deeplabv3plus_r18", 256, 4),
+])
+def test_model_yamls_build_and_run_on_an_odd_input(name, feature_dim, feature_stride):
+    cfg = OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{name}.yaml")
+    cfg.pretrained = False  # no download in tests
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="deeplabv2", encoder="resnet101", output_stride=8, atrous_rates=[6, 12, 18, 24],
-                      upsampling="deconv")
     model = build_model(cfg, 21).eval()
     with torch.no_grad():
         logits, features = model(torch.randn(1, 3, 33, 45), return_features=True)
     assert logits.shape == (1, 21, 33, 45)
-    assert features.shape == (1, 2048, 5, 6)  # ceil(33 / 8), ceil(45 / 8)
-    assert len(model.segmentation_head.branches) == 4
-    assert [branch.dilation for branch in model.segmentation_head.branches] == [(r, r) for r in (6, 12, 18, 24)]
+    assert model.feature_dim == feature_dim
+    assert features.shape == (1, feature_dim, -(-33 // feature_stride), -(-45 // feature_stride))
 
 
-def test_deeplabv3plus_xception65_builds_at_output_stride_16():
-    model = build_eval(encoder="tu-xception65")
+def test_deeplabv2_head_is_four_atrous_branches_summed():
+    model = build_eval(arch="deeplabv2", atrous_rates=[6, 12, 18, 24])
+    head = model.segmentation_head
+    assert [branch.dilation for branch in head.branches] == [(6, 6), (12, 12), (18, 18), (24, 24)]
+    features = torch.randn(1, 512, 5, 6)
     with torch.no_grad():
-        logits, features = model(torch.randn(1, 3, 49, 37), return_features=True)
-    assert logits.shape == (1, NUM_CLASSES, 49, 37)
-    assert features.shape == (1, 32, 13, 10)
+        assert torch.allclose(head(features), sum(branch(features) for branch in head.branches))
+        assert head.branches[0](features).shape == (1, NUM_CLASSES, 5, 6)
 
 
 def test_padding_is_at_the_bottom_right_and_cropped_away():

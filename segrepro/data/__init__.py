@@ -8,6 +8,7 @@ Every dataset class takes ``(root, split, transform, **params)`` and yields
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from .transforms import build_transform
 
@@ -29,8 +30,12 @@ def dataset_class(name: str):
 def build_dataset(data_cfg, split: str, train: bool):
     """The dataset of ``data_cfg`` for ``split``, with the training or validation pipeline."""
     cls = dataset_class(data_cfg.name)
-    dataset = cls(root=data_cfg.root, split=split, transform=build_transform(data_cfg, train),
-                  **dict(data_cfg.params))
+    params = dict(data_cfg.params)
+    valid = [p for p in inspect.signature(cls).parameters if p not in ("root", "split", "transform")]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown data.params {unknown} for dataset {data_cfg.name!r}; valid: {valid}")
+    dataset = cls(root=data_cfg.root, split=split, transform=build_transform(data_cfg, train), **params)
     if dataset.num_classes != data_cfg.num_classes:
         raise ValueError(
             f"data.num_classes={data_cfg.num_classes} but dataset {data_cfg.name!r} has "

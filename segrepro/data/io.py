@@ -31,6 +31,12 @@ def require(path: Path, what: str, fix: str) -> Path:
     return Path(path)
 
 
+def read_list(path, fix: str = "") -> list:
+    """The non-empty, stripped lines of a split list file."""
+    lines = require(path, "split list", fix).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
 def read_image(path) -> np.ndarray:
     """An image file as uint8 ``HxWx3`` RGB."""
     return np.asarray(_open(path, "image").convert("RGB"))
@@ -148,13 +154,7 @@ class LabelledImages:
         if self.scale != 1.0:
             size = (max(1, round(image.shape[1] * self.scale)), max(1, round(image.shape[0] * self.scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST_EXACT)
         if self.transform is None:
             return image, label
         return self.transform(image, label)
-
-
-def read_list(path, fix: str = "") -> list:
-    """The non-empty, stripped lines of a split list file."""
-    lines = require(path, "split list", fix).read_text().splitlines()
-    return [line.strip() for line in lines if line.strip()]

@@ -31,19 +31,19 @@ SPLIT_IDS = {"train": 0, "val": 1}
 BACKGROUND, DISC, BOX, TRIANGLE, WIRE, DOT = range(6)
 LARGE_CLASSES = (DISC, BOX, TRIANGLE)
 TEXTURES = ("flat", "gradient", "stripes", "checker")
-# Per class: probability of each texture in TEXTURES (the preferred one at 0.55).
+# Per class: probability of each texture in TEXTURES (the preferred one at 0.7).
 TEXTURE_PROBS = {
-    DISC: (0.15, 0.55, 0.15, 0.15),
-    BOX: (0.15, 0.15, 0.55, 0.15),
-    TRIANGLE: (0.15, 0.15, 0.15, 0.55),
+    DISC: (0.1, 0.7, 0.1, 0.1),
+    BOX: (0.1, 0.1, 0.7, 0.1),
+    TRIANGLE: (0.1, 0.1, 0.1, 0.7),
     WIRE: (1.0, 0.0, 0.0, 0.0),
     DOT: (1.0, 0.0, 0.0, 0.0),
 }
 # Per class: centre of the hue range (0..1); hues are drawn +-HUE_SPREAD around it.
-HUE_CENTRE = {DISC: 0.0, BOX: 0.15, TRIANGLE: 0.35, WIRE: 0.55, DOT: 0.75}
-HUE_SPREAD = 0.15
+HUE_CENTRE = {DISC: 0.0, BOX: 0.2, TRIANGLE: 0.4, WIRE: 0.6, DOT: 0.8}
+HUE_SPREAD = 0.12
 BAND_PROB = 0.5
-NOISE_STD = (4.0, 12.0)
+NOISE_STD = (3.0, 10.0)
 
 
 class SyntheticSegmentation:
@@ -106,7 +106,7 @@ def draw_scene(rng: np.random.Generator, height: int, width: int):
     label = np.zeros((height, width), np.uint8)
     size = min(height, width)
     classes = ([int(c) for c in rng.choice(LARGE_CLASSES, rng.integers(2, 6))]
-               + [WIRE] * int(rng.integers(0, 3)) + [DOT] * int(rng.integers(0, 7)))
+               + [WIRE] * int(rng.integers(0, 4)) + [DOT] * int(rng.integers(0, 9)))
     for cls in rng.permutation(classes):
         mask = _shape_mask(rng, int(cls), height, width, size)
         if not mask.any():
@@ -124,8 +124,9 @@ def draw_scene(rng: np.random.Generator, height: int, width: int):
 
 
 def _background(rng, height, width, grid_y, grid_x):
-    """A smooth random colour field plus a linear gradient, sometimes with faint stripes."""
-    coarse = rng.uniform(40, 200, (4, 4, 3)).astype(np.float32)
+    """A smooth, weakly coloured random field plus a linear gradient, sometimes with faint stripes."""
+    coarse = rng.uniform(50, 200, (4, 4, 1)) + rng.uniform(-30, 30, (4, 4, 3))
+    coarse = coarse.astype(np.float32)
     image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(angle) * grid_x + np.sin(angle) * grid_y) / max(height, width)
@@ -138,7 +139,7 @@ def _background(rng, height, width, grid_y, grid_x):
 def _class_colour(rng, cls):
     """An RGB colour (float, 0..255) from the class's hue range; ranges overlap between classes."""
     hue = (HUE_CENTRE[cls] + rng.uniform(-HUE_SPREAD, HUE_SPREAD)) % 1.0
-    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.3, 1.0), rng.uniform(0.35, 1.0))
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))
     return 255.0 * np.array(rgb, np.float32)
 
 
@@ -188,7 +189,7 @@ def _shape_mask(rng, cls, height, width, size):
         points = [rng.uniform(-0.2, 1.2, 2) * (width, height) for _ in range(int(rng.integers(2, 4)))]
         cv2.polylines(mask, [np.round(points).astype(np.int32)], False, 1, int(rng.integers(1, 4)))
     else:
-        radius = int(rng.integers(2, 5))
+        radius = int(rng.integers(2, 6))
         cv2.circle(mask, centre, radius, 1, -1)
     return mask
 

@@ -49,7 +49,7 @@ def build_transform(data_cfg, train: bool) -> SegTransform:
     steps = [
         # RandomScale draws its factor from 1 + scale_limit, hence the shifted range.
         A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
-                      mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+                      mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
         A.PadIfNeeded(min_height=crop, min_width=crop, position="top_left",
                       border_mode=cv2.BORDER_CONSTANT, fill=mean_pixel, fill_mask=int(data_cfg.ignore_index)),
         A.RandomCrop(height=crop, width=crop),

@@ -15,7 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Classes processed at once by the chunked losses: bounds their temporaries to a fraction of the logits.
+# Classes processed at once by the chunked losses: bounds their temporaries to a fraction of the logits
+# and keeps them in cache; 8 channels in channels-last layout also suit the vectorized depthwise convolution.
 CLASS_CHUNK = 8
 
 
@@ -53,9 +54,9 @@ class LocalStats:
     takes ``v [N, K, H, W]`` that is already zero at ignored pixels and returns
     the weighted local mean of every channel; at ignored centers it is 0 (their
     statistics are never used, and their window may hold no valid pixel).
-    ``adjoint(g)`` is the transpose of ``mean`` (before the masking of ``v``):
-    the window is symmetric, so it is the same convolution applied after the
-    division.
+    ``adjoint_(g)`` is the transpose of ``mean`` (before the masking of ``v``),
+    overwriting ``g``: the window is symmetric, so it is the same convolution
+    applied after the division.
     """
 
     def __init__(self, size: int, sigma, valid: torch.Tensor, dtype: torch.dtype):
@@ -73,8 +74,8 @@ class LocalStats:
     def mean(self, v: torch.Tensor) -> torch.Tensor:
         return self._conv(v).mul_(self.inv)
 
-    def adjoint(self, g: torch.Tensor) -> torch.Tensor:
-        return self._conv(g * self.inv)
+    def adjoint_(self, g: torch.Tensor) -> torch.Tensor:
+        return self._conv(g.mul_(self.inv))
 
 
 def normalize_(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool) -> torch.Tensor:
@@ -83,24 +84,49 @@ def normalize_(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool) -> t
     ``v`` is zero at ignored pixels; ``binary`` (a 0/1 map) uses ``E[v^2] = mu``
     (Eq. 16). The variance is clamped at 0. With ``c4 = 0`` a window of zero
     variance normalizes to 0 (``v = mu`` there). At ignored pixels the result
-    is ``1`` for any ``v``-side (``(0 - 0 + c4) / c4``), so the difference of two
+    is 1 (``(0 - 0 + c4) / c4``) whatever the map, so the difference of two
     normalized maps is 0 there.
     """
     with torch.no_grad():
         mu = stats.mean(v)
-        var = mu - mu * mu if binary else stats.mean(v * v).sub_(mu * mu)
+        var = torch.addcmul(mu, mu, mu, value=-1) if binary else stats.mean(v * v).addcmul_(mu, mu, value=-1)
         den = var.clamp_(min=0.0).sqrt_().add_(c4)
         if c4 == 0:
             den.masked_fill_(den == 0, math.inf)
-        return mu.neg_().add_(v).add_(c4).div_(den)
+        return torch.sub(v, mu, out=mu).add_(c4).div_(den)
 
 
-def class_chunks(target: torch.Tensor, valid: torch.Tensor, num_classes: int, dtype: torch.dtype):
-    """Yield ``(slice, y)`` over groups of ``CLASS_CHUNK`` classes, ``y`` the one-hot of those classes (0 at ignored pixels)."""
-    for start in range(0, num_classes, CLASS_CHUNK):
-        classes = torch.arange(start, min(start + CLASS_CHUNK, num_classes), device=target.device)
-        y = (target.unsqueeze(1) == classes.view(1, -1, 1, 1)) & valid.unsqueeze(1)
-        yield slice(start, start + len(classes)), y.to(dtype)
+def class_chunks(num_classes: int):
+    """Slices of ``CLASS_CHUNK`` classes covering ``0..num_classes-1``."""
+    return [slice(start, min(start + CLASS_CHUNK, num_classes)) for start in range(0, num_classes, CLASS_CHUNK)]
+
+
+def one_hot_chunk(target: torch.Tensor, valid: torch.Tensor, classes: slice, dtype: torch.dtype,
+                  channels_last: bool = False) -> torch.Tensor:
+    """``[N, k, H, W]`` one-hot map of the classes in ``classes`` (0 at ignored pixels), in channels-last
+    layout if asked (what the window convolutions want)."""
+    n, h, w = target.shape
+    k = classes.stop - classes.start
+    index = (target - classes.start).unsqueeze(1)
+    inside = (valid.unsqueeze(1) & (index >= 0) & (index < k)).to(dtype)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    y = torch.empty((n, k, h, w), dtype=dtype, device=target.device, memory_format=layout).zero_()
+    return y.scatter_(1, index.clamp_(0, k - 1), inside)
+
+
+def channels_last_chunk(x: torch.Tensor, classes: slice) -> torch.Tensor:
+    """The classes ``classes`` of ``x`` as a channels-last copy (depthwise convolutions are far faster so)."""
+    return x[:, classes].contiguous(memory_format=torch.channels_last)
+
+
+def bce_parts(x: torch.Tensor, y: torch.Tensor):
+    """``(log q, q - 1, s)`` with ``s = 2 y - 1`` and ``q = sigmoid(s x)`` the probability the sigmoid gives
+    the target side: ``-log q`` is the per-entry BCE, ``s (q - 1) = sigmoid(x) - y`` its derivative.
+    ``q`` is kept above the dtype's smallest normal number in the log, so an entry's BCE saturates at
+    about 87 in float32 (``|x| > 87``); ``F.logsigmoid`` and ``log1p`` are many times slower on CPU."""
+    s = y.mul(2.0).sub_(1.0)
+    q = torch.sigmoid(s * x)
+    return q.clamp(min=torch.finfo(x.dtype).tiny).log_(), q.sub_(1.0), s
 
 
 class _AttachGrad(torch.autograd.Function):

@@ -29,10 +29,8 @@ class CenterLoss(nn.Module):
         super().__init__()
         for name, value in (("num_classes", num_classes), ("feat_dim", feat_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"{name} must be a positive int, got {value!r}"
-                    + (" (the trainer fills feat_dim from model.feature_dim)" if name == "feat_dim" else "")
-                )
+                raise ValueError(f"CenterLoss: {name} must be a positive int, got {value!r} "
+                                 "(feat_dim: null in a config is filled from the model's feature size)")
         self.num_classes = num_classes
         self.feat_dim = feat_dim
         self.alpha = alpha

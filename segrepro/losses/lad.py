@@ -22,7 +22,7 @@ class _Standardize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, eps):
         xc = logits - logits.mean(dim=1, keepdim=True)
-        std = xc.square().mean(dim=1, keepdim=True).sqrt()
+        std = torch.linalg.vector_norm(xc, dim=1, keepdim=True) / logits.shape[1] ** 0.5
         x = xc.div_(std + eps)
         ctx.save_for_backward(x, std)
         ctx.eps = eps
@@ -54,12 +54,18 @@ def _span(length: int, stride: int, offset: int):
     return slice(a0, a1), slice(stride * a0 + offset, stride * (a1 - 1) + offset + 1, stride)
 
 
-def _window(target: torch.Tensor, valid: torch.Tensor, kernel_size: int, stride: int):
+def _label_maps(target: torch.Tensor, valid: torch.Tensor, stride: int):
+    """int32 labels of the strided centers (-1 where ignored) and of all pixels as neighbours
+    (-2 where ignored): one equality test then gives ``mu``, false at ignored pixels."""
+    labels = target.to(torch.int32)
+    return torch.where(valid, labels, -1)[:, ::stride, ::stride], torch.where(valid, labels, -2)
+
+
+def _window(centers: torch.Tensor, neighbours: torch.Tensor, kernel_size: int, stride: int):
     """Per window offset: ``(w, center index, neighbour index, mu)`` with ``w = 2^(1 - D8)``
     and ``mu [N, 1, h, w]`` true where the neighbour carries the (valid) center's label
     (LAD Eq. 2). Offsets whose neighbours all fall outside the image are skipped."""
-    height, width = target.shape[1:]
-    centers, center_valid = target[:, ::stride, ::stride], valid[:, ::stride, ::stride]
+    height, width = neighbours.shape[1:]
     r = kernel_size // 2
     for di in range(-r, r + 1):
         for dj in range(-r, r + 1):
@@ -67,41 +73,40 @@ def _window(target: torch.Tensor, valid: torch.Tensor, kernel_size: int, stride:
             if rows is None or cols is None:
                 continue
             (ca, na), (cb, nb) = rows, cols
-            mu = (centers[:, ca, cb] == target[:, na, nb]) & center_valid[:, ca, cb]
+            mu = centers[:, ca, cb] == neighbours[:, na, nb]
             yield 2.0 ** (1 - max(abs(di), abs(dj))), (ca, cb), (na, nb), mu.unsqueeze(1)
 
 
 class _SelectivePool(torch.autograd.Function):
     """``f(p) = (1/xi) * sum_q mu(q) w(q) x(q)`` at the strided centers (LAD Eq. 2).
 
-    Linear in ``x``, so the backward scatters ``grad / xi`` back through the
-    same masks. One accumulator the size of the output and one ``[N, 1, h, w]``
-    mask at a time: memory does not grow with ``kernel_size^2``.
+    Linear in ``x``: the backward scatters ``grad / xi`` back through the same
+    masks. Each window offset is one shifted multiply-add over the logits; one
+    accumulator the size of the output and one ``[N, 1, h, w]`` mask at a time,
+    so memory does not grow with ``kernel_size^2``.
     """
 
     @staticmethod
-    def forward(ctx, x, target, valid, kernel_size, stride):
-        n, c, height, width = x.shape
-        size = ((height - 1) // stride + 1, (width - 1) // stride + 1)
-        out = x.new_zeros((n, c) + size)
-        xi = x.new_zeros((n, 1) + size)
-        for w, (ca, cb), (na, nb), mu in _window(target, valid, kernel_size, stride):
+    def forward(ctx, x, centers, neighbours, kernel_size, stride):
+        n, c = x.shape[:2]
+        out = x.new_zeros((n, c) + centers.shape[1:])
+        xi = x.new_zeros((n, 1) + centers.shape[1:])
+        for w, (ca, cb), (na, nb), mu in _window(centers, neighbours, kernel_size, stride):
             mu = mu.to(x.dtype)
             xi[:, :, ca, cb] += mu
             out[:, :, ca, cb].addcmul_(x[:, :, na, nb], mu, value=w)
-        inv_xi = xi.clamp(min=1.0).reciprocal()  # centers with xi = 0 are ignored ones: f = 0
-        ctx.save_for_backward(target, valid, inv_xi)
+        inv_xi = xi.clamp_(min=1.0).reciprocal_()  # xi = 0 only at ignored centers: f = 0 there
+        ctx.save_for_backward(centers, neighbours, inv_xi)
         ctx.shape, ctx.kernel_size, ctx.stride = x.shape, kernel_size, stride
         return out.mul_(inv_xi)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        target, valid, inv_xi = ctx.saved_tensors
-        grad = grad * inv_xi
+        centers, neighbours, inv_xi = ctx.saved_tensors
         grad_x = grad.new_zeros(ctx.shape)
-        for w, (ca, cb), (na, nb), mu in _window(target, valid, ctx.kernel_size, ctx.stride):
-            grad_x[:, :, na, nb].addcmul_(grad[:, :, ca, cb], mu.to(grad.dtype), value=w)
+        for w, (ca, cb), (na, nb), mu in _window(centers, neighbours, ctx.kernel_size, ctx.stride):
+            grad_x[:, :, na, nb].addcmul_(grad[:, :, ca, cb], mu * inv_xi[:, :, ca, cb], value=w)
         return grad_x, None, None, None, None
 
 
@@ -131,8 +136,9 @@ class LADLoss(nn.Module):
     def _strided_local(self, logits: torch.Tensor, target: torch.Tensor):
         """``L_S`` and the valid mask on the strided center grid (Eqs. 2-4)."""
         x, target, valid = prepare(logits, target, self.ignore_index)
-        f = _SelectivePool.apply(standardize(x), target, valid, self.kernel_size, self.stride)
         s = self.stride
+        centers, neighbours = _label_maps(target, valid, s)
+        f = _SelectivePool.apply(standardize(x), centers, neighbours, self.kernel_size, s)
         local = F.cross_entropy(f, target[:, ::s, ::s], ignore_index=self.ignore_index, reduction="none")
         return local, valid[:, ::s, ::s], x
 

@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._functional import autocast_off, check_window, masked_mean, one_hot, prepare, zero_with_graph
-from ._window import LocalStats, center_weight, check_sigma, normalize_
-from .bce import bce_map
+from ._functional import autocast_off, check_window, prepare, zero_with_graph
+from ._window import LocalStats, attach_grad, center_weight, check_sigma, class_chunks, bce_parts, normalize_
 
 
 def _check_fraction(name: str, value, upper_open: bool) -> None:
@@ -66,19 +65,14 @@ class SSLLoss(nn.Module):
         # region_size=1 (w_c = 1): e is 0 everywhere and so is its range.
         self.e_max = 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + self.c4) if w_c < 1 else 0.0
 
-    def _normalized(self, x, target, valid):
-        """``(y_nor, p_nor, y)`` of Eq. 10, ``[N, C, H, W]``; both normalized maps are 1 at ignored pixels."""
-        y = one_hot(target, valid, x.shape[1], x.dtype)
-        with torch.no_grad():
-            stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
-            p_nor = normalize_(torch.sigmoid(x).mul_(stats.mask), stats, self.c4, binary=False)
-            y_nor = normalize_(y, stats, self.c4, binary=True)
-        return y_nor, p_nor, y
-
-    def _error(self, x, target, valid):
-        """``(e, y)``: the error map of Eq. 10 (0 at ignored pixels) and the one-hot target."""
-        y_nor, p_nor, y = self._normalized(x, target, valid)
-        return p_nor.sub_(y_nor).abs_(), y
+    def _chunks(self, x, target, valid):
+        """Per chunk of classes (channels-last): ``(classes, x, y, y_nor, p_nor)``, the normalized maps of
+        Eq. 10, no gradient; both are 1 at ignored pixels, so ``|y_nor - p_nor|`` is 0 there."""
+        stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
+        for classes, y in class_chunks(target, valid, x.shape[1], x.dtype, channels_last=True):
+            xc = x[:, classes].contiguous(memory_format=torch.channels_last)
+            p_nor = normalize_(torch.sigmoid(xc).mul_(stats.mask), stats, self.c4, binary=False)
+            yield classes, xc, y, normalize_(y, stats, self.c4, binary=True), p_nor
 
     def _hard(self, e: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Eq. 11: ``f`` as a boolean map; ``e`` is 0 at ignored pixels, so they are never hard."""
@@ -90,7 +84,10 @@ class SSLLoss(nn.Module):
         """``e [N, C, H, W]`` of Eq. 10, detached; 0 at ignored pixels."""
         with autocast_off(logits.device.type), torch.no_grad():
             x, target, valid = prepare(logits, target, self.ignore_index)
-            return self._error(x, target, valid)[0]
+            e = torch.empty_like(x)
+            for classes, _, _, y_nor, p_nor in self._chunks(x, target, valid):
+                e[:, classes] = y_nor.sub_(p_nor).abs_()
+            return e
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with autocast_off(logits.device.type):
@@ -98,13 +95,31 @@ class SSLLoss(nn.Module):
             if not bool(valid.any()):
                 return zero_with_graph(x)
             with torch.no_grad():
-                e, y = self._error(x, target, valid)
-                f = self._hard(e, valid)
-                # One weight map for both terms: lam / #valid entries on BCE, (1 - lam) / M on e * f.
-                weight = e.mul_(f) if self.reweight else f.to(x.dtype)
-                weight.mul_((1.0 - self.lam) / f.sum().to(x.dtype).clamp(min=1))
-                weight.add_(valid.unsqueeze(1), alpha=self.lam / (float(valid.sum()) * x.shape[1]))
-            return F.binary_cross_entropy_with_logits(x, y, weight=weight, reduction="sum")
+                value, grad = self._value_and_grad(x, target, valid)
+            return attach_grad(x, value, grad)
+
+    def _value_and_grad(self, x, target, valid):
+        """The objective and its gradient w.r.t. ``x`` (``e`` and ``f`` constants), in two passes over
+        the classes: the first stores ``e * f`` (or ``f``) and counts the hard entries ``M``; the second
+        turns it into the weight ``w = lam / #valid + (1 - lam) e f / M`` of each entry's BCE."""
+        grad = torch.empty_like(x)
+        hard = x.new_zeros(())
+        for classes, _, _, y_nor, p_nor in self._chunks(x, target, valid):
+            e = y_nor.sub_(p_nor).abs_()
+            f = self._hard(e, valid)
+            hard += f.sum()
+            grad[:, classes] = e.mul_(f) if self.reweight else f
+        mask = valid.unsqueeze(1).to(x.dtype)
+        hard_scale = (1.0 - self.lam) / hard.clamp(min=1)
+        bce_scale = self.lam / (float(valid.sum()) * x.shape[1])
+        log_q_sum = x.new_zeros(())
+        for classes, y in class_chunks(target, valid, x.shape[1], x.dtype):
+            xc, weight = x[:, classes], grad[:, classes]
+            weight.mul_(hard_scale).add_(bce_scale).mul_(mask)
+            log_q, q_minus_1, sign = bce_parts(xc, y)
+            log_q_sum += (weight * log_q).sum()
+            weight.mul_(q_minus_1.mul_(sign))
+        return -log_q_sum, grad
 
     @torch.no_grad()
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -123,21 +138,23 @@ class SSLLoss(nn.Module):
             x, target, valid = prepare(logits, target, self.ignore_index)
             if not bool(valid.any()):
                 return {k: x.new_zeros(()) for k in keys}
-            y_nor, p_nor, y = self._normalized(x, target, valid)
-            bce = bce_map(x, target, valid)
-            full = valid.unsqueeze(1).expand_as(x)
-            p_valid, y_valid = p_nor[full], y_nor[full]
-            e = p_nor.sub_(y_nor).abs_()
-            f = self._hard(e, valid)
-            m = f.sum().to(x.dtype)
-            weighted = bce * f
-            if self.reweight:
-                weighted *= e
-            e_valid = e[full]
+            sums = {k: x.new_zeros(()) for k in ("bce", "ssl", "hard")}
+            extremes, errors = [], []
+            for classes, xc, y, y_nor, p_nor in self._chunks(x, target, valid):
+                full = valid.unsqueeze(1).expand_as(y)
+                bce = F.binary_cross_entropy_with_logits(xc, y, reduction="none")[full]
+                extremes.append(torch.stack([v for t in (p_nor, y_nor) for v in t[full].aminmax()]))
+                e = y_nor.sub_(p_nor).abs_()
+                f = self._hard(e, valid)
+                sums["bce"] += bce.sum()
+                sums["hard"] += f.sum()
+                sums["ssl"] += (bce * e[full] if self.reweight else bce).mul_(f[full]).sum()
+                errors.append(e[full])
+            extremes = torch.stack(extremes)
+            errors = torch.cat(errors)
+            count = errors.numel()
             return dict(zip(keys, (
-                masked_mean(bce, full),
-                weighted.sum() / m.clamp(min=1),
-                m / full.sum().to(x.dtype),
-                p_valid.min(), p_valid.max(), y_valid.min(), y_valid.max(),
-                e_valid.max(), e_valid.mean(), e_valid.median(),
+                sums["bce"] / count, sums["ssl"] / sums["hard"].clamp(min=1), sums["hard"] / count,
+                extremes[:, 0].min(), extremes[:, 1].max(), extremes[:, 2].min(), extremes[:, 3].max(),
+                errors.max(), errors.mean(), errors.median(),
             )))

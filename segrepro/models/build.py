@@ -13,13 +13,12 @@ them (``bilinear`` or the LAD baseline's learned ``deconv``) to the input size.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import segmentation_models_pytorch as smp
 import timm
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch import nn
 
 from ..config import ModelConfig
 from .deeplabv2 import ASPPV2, LastStage
@@ -69,7 +68,7 @@ def check_model_config(cfg: ModelConfig, num_classes: int) -> None:
         )
 
 
-def _build_parts(cfg: ModelConfig, num_classes: int, encoder_weights: Optional[Any]) -> Tuple[nn.Module, ...]:
+def _build_parts(cfg: ModelConfig, num_classes: int, encoder_weights: Optional[Any]) -> tuple:
     """(encoder, decoder, segmentation head, feature_dim, feature_stride) of the architecture."""
     if cfg.arch == "deeplabv2":
         encoder = smp.encoders.get_encoder(cfg.encoder, weights=encoder_weights, output_stride=cfg.output_stride)
@@ -89,7 +88,7 @@ def _build_parts(cfg: ModelConfig, num_classes: int, encoder_weights: Optional[A
     return net.encoder, net.decoder, net.segmentation_head, cfg.decoder_channels, stride
 
 
-def _build_parts_pretrained(cfg: ModelConfig, num_classes: int) -> Tuple[nn.Module, ...]:
+def _build_parts_pretrained(cfg: ModelConfig, num_classes: int) -> tuple:
     """The parts with ImageNet encoder weights, or randomly initialized with a loud warning if they cannot be had."""
     imagenet = True if cfg.encoder.startswith("tu-") else "imagenet"  # smp's spelling for timm / own encoders
     try:

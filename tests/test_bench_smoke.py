@@ -1,0 +1,23 @@
+"""`scripts/bench_losses.py --quick` runs and lists every exported loss."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import segrepro.losses as losses
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_losses.py"
+
+
+def test_quick_bench_lists_every_loss():
+    run = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and "(" in line]
+    for name in losses.__all__:
+        measured = [row for row in rows if row.startswith(f"| {name}(")]
+        assert measured, f"{name} missing from the table:\n{run.stdout}"
+        for row in measured:
+            cells = [cell.strip() for cell in row.strip("|").split("|")]
+            assert len(cells) == 6 and all(cells[1:]), row  # a number in every column
+            assert float(cells[5]) >= 1.0, row  # the peak includes at least the logits' gradient
