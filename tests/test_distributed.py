@@ -15,7 +15,7 @@ DATA = [o for o in TINY if "num_samples" not in o] + ["+data.params.num_samples=
 
 
 def torchrun(module, *args, cwd):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", module, *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
 

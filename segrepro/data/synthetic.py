@@ -8,7 +8,7 @@ noisy background with a few occluding objects of five classes:
 * ``box``: rotated rectangles, mostly striped;
 * ``triangle``: triangles, mostly checkered;
 * ``wire``: thin (1-3 px) straight or bent lines running across the scene;
-* ``dot``: tiny blobs (radius 2-4 px).
+* ``dot``: tiny blobs (radius 2-5 px).
 
 Colours come from overlapping per-class hue ranges and textures are only
 *preferred* per class, so colour alone does not tell the class: shape and
@@ -68,7 +68,8 @@ class SyntheticSegmentation:
     def __init__(self, root=None, split="train", transform=None, num_samples=None,
                  image_size=(160, 160), seed=0):
         if split not in SPLIT_IDS:
-            raise ValueError(f"synthetic dataset: unknown split {split!r}; valid: {sorted(SPLIT_IDS)}")
+            raise ValueError(
+                f"synthetic dataset: unknown split {split!r}; valid: {sorted(SPLIT_IDS)}")
         if isinstance(num_samples, Mapping):
             sizes = {**DEFAULT_NUM_SAMPLES, **num_samples}
             num_samples = sizes[split]
@@ -78,7 +79,8 @@ class SyntheticSegmentation:
             raise ValueError(f"synthetic dataset: num_samples must be >= 1, got {num_samples}")
         height, width = (int(v) for v in image_size)
         if min(height, width) < 32:
-            raise ValueError(f"synthetic dataset: image_size must be at least 32x32, got {image_size}")
+            raise ValueError(
+                f"synthetic dataset: image_size must be at least 32x32, got {image_size}")
         self.root = root
         self.split = split
         self.transform = transform
@@ -91,7 +93,8 @@ class SyntheticSegmentation:
 
     def __getitem__(self, index: int):
         if not 0 <= index < self.num_samples:
-            raise IndexError(f"synthetic dataset: index {index} out of range [0, {self.num_samples})")
+            raise IndexError(
+                f"synthetic dataset: index {index} out of range [0, {self.num_samples})")
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index])
         image, label = draw_scene(rng, *self.image_size)
         if self.transform is None:
@@ -105,14 +108,14 @@ def draw_scene(rng: np.random.Generator, height: int, width: int):
     image = _background(rng, height, width, grid_y, grid_x)
     label = np.zeros((height, width), np.uint8)
     size = min(height, width)
-    classes = ([int(c) for c in rng.choice(LARGE_CLASSES, rng.integers(2, 6))]
+    classes = (rng.choice(LARGE_CLASSES, rng.integers(2, 6)).tolist()
                + [WIRE] * int(rng.integers(0, 4)) + [DOT] * int(rng.integers(0, 9)))
-    for cls in rng.permutation(classes):
-        mask = _shape_mask(rng, int(cls), height, width, size)
+    for cls in rng.permutation(classes).tolist():
+        mask = _shape_mask(rng, cls, height, width, size)
         if not mask.any():
             continue
-        colour = _class_colour(rng, int(cls))
-        texture = rng.choice(TEXTURES, p=TEXTURE_PROBS[int(cls)])
+        colour = _class_colour(rng, cls)
+        texture = rng.choice(TEXTURES, p=TEXTURE_PROBS[cls])
         pixels = mask.astype(bool)
         image[pixels] = _texture(rng, texture, colour, grid_y, grid_x)[pixels]
         label[pixels] = cls
@@ -124,7 +127,7 @@ def draw_scene(rng: np.random.Generator, height: int, width: int):
 
 
 def _background(rng, height, width, grid_y, grid_x):
-    """A smooth, weakly coloured random field plus a linear gradient, sometimes with faint stripes."""
+    """A smooth, weakly coloured random field plus a linear gradient; sometimes faint stripes."""
     coarse = rng.uniform(50, 200, (4, 4, 1)) + rng.uniform(-30, 30, (4, 4, 3))
     coarse = coarse.astype(np.float32)
     image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -183,10 +186,12 @@ def _shape_mask(rng, cls, height, width, size):
         radius = rng.uniform(0.1, 0.28) * size
         angles = rng.uniform(0, 2 * np.pi) + np.array([0, 2 * np.pi / 3, 4 * np.pi / 3])
         angles += rng.uniform(-0.5, 0.5, 3)
-        points = np.stack([centre[0] + radius * np.cos(angles), centre[1] + radius * np.sin(angles)], 1)
+        points = np.stack([centre[0] + radius * np.cos(angles),
+                           centre[1] + radius * np.sin(angles)], 1)
         cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 1)
     elif cls == WIRE:
-        points = [rng.uniform(-0.2, 1.2, 2) * (width, height) for _ in range(int(rng.integers(2, 4)))]
+        num_points = int(rng.integers(2, 4))
+        points = [rng.uniform(-0.2, 1.2, 2) * (width, height) for _ in range(num_points)]
         cv2.polylines(mask, [np.round(points).astype(np.int32)], False, 1, int(rng.integers(1, 4)))
     else:
         radius = int(rng.integers(2, 6))

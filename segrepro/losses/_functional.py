@@ -10,6 +10,7 @@ precision and autocast inputs are computed in float32.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
@@ -61,9 +62,9 @@ def zero_with_graph(logits: torch.Tensor) -> torch.Tensor:
 
 def one_hot(target: torch.Tensor, valid: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
     """``[N, H, W]`` labels to a ``[N, C, H, W]`` one-hot map; ignored pixels are all zero."""
-    safe = torch.where(valid, target, torch.zeros_like(target))
-    y = torch.nn.functional.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(dtype)
-    return y * valid.unsqueeze(1).to(dtype)
+    safe = torch.where(valid, target, 0).unsqueeze(1)
+    y = torch.zeros((target.shape[0], num_classes) + tuple(target.shape[1:]), dtype=dtype, device=target.device)
+    return y.scatter_(1, safe, valid.unsqueeze(1).to(dtype))
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -75,3 +76,27 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def autocast_off(device_type: str):
     """A context that disables autocast so window convolutions stay in float32."""
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+class PixelLoss(nn.Module):
+    """Base of the losses computed from ``(logits, target)`` alone.
+
+    ``forward`` applies the common contract (checks, float32 inside for half
+    precision and autocast, a zero with a graph for an all-ignored batch) and
+    hands ``(logits in the compute dtype, target int64, valid mask)`` to
+    :meth:`compute`, which subclasses implement.
+    """
+
+    def __init__(self, ignore_index: int = 255):
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def compute(self, x: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with autocast_off(logits.device.type):
+            x, target, valid = prepare(logits, target, self.ignore_index)
+            if not bool(valid.any()):
+                return zero_with_graph(x)
+            return self.compute(x, target, valid)

@@ -51,7 +51,8 @@ class LocalStats:
     """Renormalized local means over the valid pixels of each window.
 
     ``valid`` is the ``[N, H, W]`` mask of non-ignored pixels. ``mean(v)``
-    takes ``v [N, K, H, W]`` that is already zero at ignored pixels and returns
+    takes ``v [N, K, H, W]`` (or several such maps stacked along the batch,
+    ``[m N, K, H, W]``, for one convolution) that is already zero at ignored pixels and returns
     the weighted local mean of every channel; at ignored centers it is 0 (their
     statistics are never used, and their window may hold no valid pixel).
     ``adjoint_(g)`` is the transpose of ``mean`` (before the masking of ``v``),
@@ -72,28 +73,34 @@ class LocalStats:
         return F.conv2d(v, weight, padding=self.size // 2, groups=k)
 
     def mean(self, v: torch.Tensor) -> torch.Tensor:
-        return self._conv(v).mul_(self.inv)
+        out = self._conv(v)
+        n = self.inv.shape[0]
+        out.view(-1, n, *out.shape[1:]).mul_(self.inv)  # maps stacked along the batch share the weights
+        return out
 
     def adjoint_(self, g: torch.Tensor) -> torch.Tensor:
         return self._conv(g.mul_(self.inv))
 
 
-def normalize_(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool) -> torch.Tensor:
-    """SSL Eq. 10 (one side): ``(v - mu + c4) / (std + c4)``, no gradient.
+def normalized_parts(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool):
+    """SSL Eq. 10 (one side) as ``(num, den)``: ``v_nor = num / den = (v - mu + c4) / (std + c4)``, no gradient.
 
     ``v`` is zero at ignored pixels; ``binary`` (a 0/1 map) uses ``E[v^2] = mu``
     (Eq. 16). The variance is clamped at 0. With ``c4 = 0`` a window of zero
-    variance normalizes to 0 (``v = mu`` there). At ignored pixels the result
-    is 1 (``(0 - 0 + c4) / c4``) whatever the map, so the difference of two
+    variance normalizes to 0 (``v = mu`` there). At ignored pixels ``v_nor`` is
+    1 (``(0 - 0 + c4) / c4``) whatever the map, so the difference of two
     normalized maps is 0 there.
     """
     with torch.no_grad():
         mu = stats.mean(v)
         var = torch.addcmul(mu, mu, mu, value=-1) if binary else stats.mean(v * v).addcmul_(mu, mu, value=-1)
-        den = var.clamp_(min=0.0).sqrt_().add_(c4)
+        # Flooring the variance at (c4 eps / 4)^2 instead of 0 leaves std + c4 bitwise unchanged (the floor's
+        # root is under half an ulp of c4) and keeps sqrt off its slow path for zeros on CPU.
+        floor = (c4 * torch.finfo(v.dtype).eps / 4) ** 2
+        den = var.clamp_(min=floor).sqrt_().add_(c4)
         if c4 == 0:
             den.masked_fill_(den == 0, math.inf)
-        return torch.sub(v, mu, out=mu).add_(c4).div_(den)
+        return torch.sub(v, mu, out=mu).add_(c4), den
 
 
 def class_chunks(num_classes: int):
@@ -102,16 +109,17 @@ def class_chunks(num_classes: int):
 
 
 def one_hot_chunk(target: torch.Tensor, valid: torch.Tensor, classes: slice, dtype: torch.dtype,
-                  channels_last: bool = False) -> torch.Tensor:
+                  channels_last: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """``[N, k, H, W]`` one-hot map of the classes in ``classes`` (0 at ignored pixels), in channels-last
-    layout if asked (what the window convolutions want)."""
+    layout if asked (what the window convolutions want), written into ``out`` if given."""
     n, h, w = target.shape
     k = classes.stop - classes.start
     index = (target - classes.start).unsqueeze(1)
     inside = (valid.unsqueeze(1) & (index >= 0) & (index < k)).to(dtype)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    y = torch.empty((n, k, h, w), dtype=dtype, device=target.device, memory_format=layout).zero_()
-    return y.scatter_(1, index.clamp_(0, k - 1), inside)
+    if out is None:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty((n, k, h, w), dtype=dtype, device=target.device, memory_format=layout)
+    return out.zero_().scatter_(1, index.clamp_(0, k - 1), inside)
 
 
 def channels_last_chunk(x: torch.Tensor, classes: slice) -> torch.Tensor:
@@ -119,14 +127,13 @@ def channels_last_chunk(x: torch.Tensor, classes: slice) -> torch.Tensor:
     return x[:, classes].contiguous(memory_format=torch.channels_last)
 
 
-def bce_parts(x: torch.Tensor, y: torch.Tensor):
-    """``(log q, q - 1, s)`` with ``s = 2 y - 1`` and ``q = sigmoid(s x)`` the probability the sigmoid gives
-    the target side: ``-log q`` is the per-entry BCE, ``s (q - 1) = sigmoid(x) - y`` its derivative.
-    ``q`` is kept above the dtype's smallest normal number in the log, so an entry's BCE saturates at
-    about 87 in float32 (``|x| > 87``); ``F.logsigmoid`` and ``log1p`` are many times slower on CPU."""
-    s = y.mul(2.0).sub_(1.0)
-    q = torch.sigmoid(s * x)
-    return q.clamp(min=torch.finfo(x.dtype).tiny).log_(), q.sub_(1.0), s
+def log_q(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log q`` with ``q = sigmoid(x)`` where ``y = 1`` and ``sigmoid(-x)`` where ``y = 0`` (the probability
+    given to the target side): minus the per-entry BCE. ``q`` is kept above the dtype's smallest normal
+    number, so an entry's BCE saturates at about 87 in float32 (``|x| > 87``); ``F.logsigmoid`` and
+    ``log1p`` are many times slower on CPU."""
+    signed = torch.addcmul(x, x, y, value=-2.0).neg_()  # x (2 y - 1)
+    return signed.sigmoid_().clamp_(min=torch.finfo(x.dtype).tiny).log_()
 
 
 class _AttachGrad(torch.autograd.Function):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._functional import autocast_off, check_window, prepare, zero_with_graph
+from ._window import attach_grad, channels_last_chunk, class_chunks
 
 EPS = 1e-4  # clipping of p and 1 - p, as in the official implementation
 
@@ -17,9 +18,19 @@ def _span(d: int, n: int):
     return slice(lo, hi), slice(lo + d, hi + d)
 
 
-def _clipped(p: torch.Tensor):
-    """``(P, Q)``: ``p`` and ``1 - p`` (of the unclipped ``p``) each clipped to ``[EPS, 1]``."""
-    return p.clamp(EPS, 1.0), (1.0 - p).clamp(EPS, 1.0)
+def _pair_kl(center: torch.Tensor, neighbour: torch.Tensor, with_grad: bool):
+    """``KL(neighbour || center)`` of two-outcome variables given as 1-D probabilities, with ``p`` and
+    ``1 - p`` each clipped to ``[EPS, 1]``; with its derivatives w.r.t. ``center`` and ``neighbour``
+    (``None`` unless ``with_grad``)."""
+    big_pc, big_pn = center.clamp(EPS, 1.0), neighbour.clamp(EPS, 1.0)
+    big_qc, big_qn = torch.rsub(center, 1.0).clamp_(EPS, 1.0), torch.rsub(neighbour, 1.0).clamp_(EPS, 1.0)
+    log_ratio_p, log_ratio_q = big_pn.log() - big_pc.log(), big_qn.log() - big_qc.log()
+    kl = big_pn * log_ratio_p + big_qn * log_ratio_q
+    if not with_grad:
+        return kl, None, None
+    d_neighbour = (log_ratio_p + 1.0) * (neighbour >= EPS) - (log_ratio_q + 1.0) * (neighbour <= 1.0 - EPS)
+    d_center = (big_qn / big_qc) * (center <= 1.0 - EPS) - (big_pn / big_pc) * (center >= EPS)
+    return kl, d_center, d_neighbour
 
 
 class AffinityFieldLoss(nn.Module):
@@ -84,40 +95,83 @@ class AffinityFieldLoss(nn.Module):
         shift = torch.tensor(offsets, device=target.device)[k]
         return n, i, j, i + shift[:, 0], j + shift[:, 1]
 
-    def _means(self, x, target, valid):
-        """``(ce, edge, non_edge)``: the three plain means."""
-        logp = F.log_softmax(x, dim=1)
-        ce = F.nll_loss(logp, target, ignore_index=self.ignore_index)
+    @torch.no_grad()
+    def _compute(self, x, target, valid, with_grad: bool):
+        """``(ce, edge, non_edge, d objective / d x or None)``.
+
+        The sum of ``KL`` over all entries is computed densely, per chunk of
+        classes, with dilated 3x3 ring convolutions (``R(v)_i = sum_d v_(i+d)``):
+        ``sum_(i,d,c) KL = sum_(j,c) H_jc n_j - sum_(i,c) v_i (log P_ic R(vP)_ic + log Q_ic R(vQ)_ic)``
+        with ``H = P log P + Q log Q``, ``v`` the valid mask and ``n = v R(v)`` the
+        number of valid pairs in which a pixel is the neighbour (or the center).
+        The edge entries, on label boundaries only, are gathered sparsely; their
+        ``KL`` is subtracted from the dense sum to give the non-edge sum.
+        """
+        n_valid, num_classes = int(valid.sum()), x.shape[1]
+        mask = valid.unsqueeze(1).to(x.dtype)
+        label = torch.where(valid, target, 0).unsqueeze(1)
+        p = F.log_softmax(x, dim=1)
+        ce = -(p.gather(1, label) * mask).sum() / n_valid
+        p.exp_()
+        grad = torch.empty_like(x) if with_grad else None
+        edge = non_edge = x.new_zeros(())
         if self.kernel_size == 1:  # s = 0: the only offset is the center itself, so there is no pair
-            return ce, x.new_zeros(()), x.new_zeros(())
-        p = logp.exp()
-        big_p, big_q = _clipped(p)
+            if with_grad:
+                grad.zero_()
+        else:
+            pairs = self._ring(mask).mul_(mask)
+            n, ci, cj, ni, nj = self._edges(target, valid)
+            cls = torch.cat([target[n, ci, cj], target[n, ni, nj]])  # the two classes of each differing pair
+            n, ci, cj, ni, nj = (t.repeat(2) for t in (n, ci, cj, ni, nj))
+            n_edge = len(cls)
+            n_non_edge = int(pairs.sum()) * num_classes - n_edge
+            non_edge_scale = self.dec * self.lam_nonedge / max(n_non_edge, 1)
+            total = sum(self._dense_chunk(p, classes, mask, pairs, non_edge_scale,
+                                          None if grad is None else grad[:, classes])
+                        for classes in class_chunks(num_classes))
+            kl, d_center, d_neighbour = _pair_kl(p[n, cls, ci, cj], p[n, cls, ni, nj], with_grad)
+            edge = (self.margin - kl).clamp_(min=0).sum() / max(n_edge, 1)
+            non_edge = (total - kl.sum()) / max(n_non_edge, 1)
+            if with_grad:
+                # d objective / d KL of an edge entry: the hinge, minus its share in the dense non-edge sum.
+                g = (kl <= self.margin).to(x.dtype).mul_(-self.dec * self.lam_edge / max(n_edge, 1))
+                g.sub_(non_edge_scale)
+                grad.index_put_((n, cls, ci, cj), g * d_center, accumulate=True)
+                grad.index_put_((n, cls, ni, nj), g * d_neighbour, accumulate=True)
+                # Through the softmax: dx = p (dp - sum_c p dp).
+                grad.sub_((grad * p).sum(1, keepdim=True)).mul_(p)
+        if with_grad:
+            # Cross entropy: (p - y) v / #valid.
+            grad.addcmul_(p, mask, value=1.0 / n_valid).scatter_add_(1, label, mask.mul(-1.0 / n_valid))
+        return ce, edge, non_edge, grad
+
+    def _dense_chunk(self, p, classes, mask, pairs, scale, grad):
+        """Dense ``sum KL`` over all entries of one chunk of classes (channels-last); writes
+        ``scale * d sum / d p`` into ``grad`` (a view) unless it is None."""
+        pc = channels_last_chunk(p, classes)
+        big_p, big_q = pc.clamp(EPS, 1.0), torch.rsub(pc, 1.0).clamp_(EPS, 1.0)
         log_p, log_q = big_p.log(), big_q.log()
-        vf = valid.unsqueeze(1).to(x.dtype)
-        pairs = vf * self._ring(vf)  # per pixel: number of valid neighbours (= valid centers it is a neighbour of)
-        # Sum of KL over all entries: sum_n H_n * #centers(n) - sum_c (log P_c ring(vf P) + log Q_c ring(vf Q)) vf_c.
-        total = ((big_p * log_p + big_q * log_q) * pairs).sum()
-        total = total - ((log_p * self._ring(big_p * vf) + log_q * self._ring(big_q * vf)) * vf).sum()
-        # Edge entries: the classes of both ends of each differing pair.
-        n, ci, cj, ni, nj = self._edges(target, valid)
-        a, b = target[n, ci, cj], target[n, ni, nj]
-        cls = torch.cat([a, b])
-        n2, m = torch.cat([n, n, n, n]), len(cls)
-        pe = p[n2, torch.cat([cls, cls]), torch.cat([ci, ci, ni, ni]), torch.cat([cj, cj, nj, nj])]
-        (pc_p, pn_p), (pc_q, pn_q) = (t.split(m) for t in _clipped(pe))
-        kl = pn_p * (pn_p.log() - pc_p.log()) + pn_q * (pn_q.log() - pc_q.log())
-        n_non_edge = pairs.sum() * x.shape[1] - m
-        edge = (self.margin - kl).clamp(min=0).sum() / max(m, 1)
-        non_edge = (total - kl.sum()) / n_non_edge.clamp(min=1)
-        return ce, edge, non_edge
+        ring_p, ring_q = self._ring(big_p * mask), self._ring(big_q * mask)
+        total = (big_p * log_p).addcmul_(big_q, log_q).mul_(pairs).sum()
+        total -= (log_p * ring_p).addcmul_(log_q, ring_q).mul_(mask).sum()
+        if grad is None:
+            return total
+        # d / dP = n (log P + 1) - v R(vP) / P - v R(v log P), likewise for Q; then through the clipping.
+        d_p = (log_p + 1.0).mul_(pairs).addcdiv_(ring_p, big_p, value=-1).sub_(self._ring(log_p.mul_(mask)))
+        d_q = (log_q + 1.0).mul_(pairs).addcdiv_(ring_q, big_q, value=-1).sub_(self._ring(log_q.mul_(mask)))
+        d_p.mul_(pc >= EPS).sub_(d_q.mul_(pc <= 1.0 - EPS)).mul_(mask)
+        grad.copy_(d_p.mul_(scale))
+        return total
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with autocast_off(logits.device.type):
             x, target, valid = prepare(logits, target, self.ignore_index)
             if not bool(valid.any()):
                 return zero_with_graph(x)
-            ce, edge, non_edge = self._means(x, target, valid)
-            return ce + self.dec * (self.lam_edge * edge + self.lam_nonedge * non_edge)
+            with_grad = torch.is_grad_enabled() and x.requires_grad
+            ce, edge, non_edge, grad = self._compute(x, target, valid, with_grad)
+            value = ce + self.dec * (self.lam_edge * edge + self.lam_nonedge * non_edge)
+            return attach_grad(x, value, grad) if with_grad else value
 
     @torch.no_grad()
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -126,4 +180,4 @@ class AffinityFieldLoss(nn.Module):
             x, target, valid = prepare(logits, target, self.ignore_index)
             if not bool(valid.any()):
                 return {k: x.new_zeros(()) for k in ("ce", "edge", "non_edge")}
-            return dict(zip(("ce", "edge", "non_edge"), self._means(x, target, valid)))
+            return dict(zip(("ce", "edge", "non_edge"), self._compute(x, target, valid, with_grad=False)[:3]))

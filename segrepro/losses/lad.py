@@ -22,7 +22,7 @@ class _Standardize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, eps):
         xc = logits - logits.mean(dim=1, keepdim=True)
-        std = torch.linalg.vector_norm(xc, dim=1, keepdim=True) / logits.shape[1] ** 0.5
+        std = xc.square().mean(dim=1, keepdim=True).sqrt()
         x = xc.div_(std + eps)
         ctx.save_for_backward(x, std)
         ctx.eps = eps
@@ -61,20 +61,28 @@ def _label_maps(target: torch.Tensor, valid: torch.Tensor, stride: int):
     return torch.where(valid, labels, -1)[:, ::stride, ::stride], torch.where(valid, labels, -2)
 
 
-def _window(centers: torch.Tensor, neighbours: torch.Tensor, kernel_size: int, stride: int):
-    """Per window offset: ``(w, center index, neighbour index, mu)`` with ``w = 2^(1 - D8)``
-    and ``mu [N, 1, h, w]`` true where the neighbour carries the (valid) center's label
-    (LAD Eq. 2). Offsets whose neighbours all fall outside the image are skipped."""
+def _window(centers: torch.Tensor, neighbours: torch.Tensor, kernel_size: int, stride: int, dtype):
+    """Per window offset, ring by ring from the center outwards: ``(w, center index,
+    neighbour index, mu)`` with ``w = 2^(1 - D8)`` and ``mu [N, 1, h, w]`` (``dtype``) one
+    where the neighbour carries the (valid) center's label, else zero (LAD Eq. 2).
+
+    The center offset comes first and covers every center; offsets whose
+    neighbours all fall outside the image are skipped. ``mu`` is a view of one
+    buffer, overwritten by the next offset.
+    """
     height, width = neighbours.shape[1:]
+    buffer = torch.empty((centers.shape[0], 1) + centers.shape[1:], dtype=dtype, device=centers.device)
     r = kernel_size // 2
-    for di in range(-r, r + 1):
-        for dj in range(-r, r + 1):
-            rows, cols = _span(height, stride, di), _span(width, stride, dj)
-            if rows is None or cols is None:
-                continue
-            (ca, na), (cb, nb) = rows, cols
-            mu = centers[:, ca, cb] == neighbours[:, na, nb]
-            yield 2.0 ** (1 - max(abs(di), abs(dj))), (ca, cb), (na, nb), mu.unsqueeze(1)
+    offsets = sorted(((di, dj) for di in range(-r, r + 1) for dj in range(-r, r + 1)),
+                     key=lambda d: max(abs(d[0]), abs(d[1])))
+    for di, dj in offsets:
+        rows, cols = _span(height, stride, di), _span(width, stride, dj)
+        if rows is None or cols is None:
+            continue
+        (ca, na), (cb, nb) = rows, cols
+        mu = buffer[:, :, : ca.stop - ca.start, : cb.stop - cb.start]
+        torch.eq(centers[:, None, ca, cb], neighbours[:, None, na, nb], out=mu)
+        yield 2.0 ** (1 - max(abs(di), abs(dj))), (ca, cb), (na, nb), mu
 
 
 class _SelectivePool(torch.autograd.Function):
@@ -88,11 +96,11 @@ class _SelectivePool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, centers, neighbours, kernel_size, stride):
-        n, c = x.shape[:2]
-        out = x.new_zeros((n, c) + centers.shape[1:])
-        xi = x.new_zeros((n, 1) + centers.shape[1:])
-        for w, (ca, cb), (na, nb), mu in _window(centers, neighbours, kernel_size, stride):
-            mu = mu.to(x.dtype)
+        offsets = _window(centers, neighbours, kernel_size, stride, x.dtype)
+        w, _, (na, nb), mu = next(offsets)  # the center itself
+        xi = mu.clone()
+        out = x[:, :, na, nb] * (w * mu)
+        for w, (ca, cb), (na, nb), mu in offsets:
             xi[:, :, ca, cb] += mu
             out[:, :, ca, cb].addcmul_(x[:, :, na, nb], mu, value=w)
         inv_xi = xi.clamp_(min=1.0).reciprocal_()  # xi = 0 only at ignored centers: f = 0 there
@@ -105,8 +113,8 @@ class _SelectivePool(torch.autograd.Function):
     def backward(ctx, grad):
         centers, neighbours, inv_xi = ctx.saved_tensors
         grad_x = grad.new_zeros(ctx.shape)
-        for w, (ca, cb), (na, nb), mu in _window(centers, neighbours, ctx.kernel_size, ctx.stride):
-            grad_x[:, :, na, nb].addcmul_(grad[:, :, ca, cb], mu * inv_xi[:, :, ca, cb], value=w)
+        for w, (ca, cb), (na, nb), mu in _window(centers, neighbours, ctx.kernel_size, ctx.stride, grad.dtype):
+            grad_x[:, :, na, nb].addcmul_(grad[:, :, ca, cb], mu.mul_(inv_xi[:, :, ca, cb]), value=w)
         return grad_x, None, None, None, None
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ._functional import autocast_off, check_window, prepare, zero_with_graph
-from ._window import LocalStats, attach_grad, check_sigma, class_chunks, bce_parts
+from ._window import LocalStats, attach_grad, channels_last_chunk, check_sigma, class_chunks, log_q, one_hot_chunk
 
 C1 = 0.01**2
 C2 = 0.03**2
@@ -49,47 +49,56 @@ class SSIMLoss(nn.Module):
     def _sums(self, x, target, valid, with_grad: bool):
         """``(sum of BCE, sum of 1 - S, number of valid entries, d objective / d x or None)``."""
         stats = LocalStats(self.window_size, self.sigma, valid, x.dtype)
-        mask = stats.mask
-        count = float(valid.sum()) * x.shape[1]
-        k_bce, k_ssim = self.lam / count, (1.0 - self.lam) / count
-        bce_sum = x.new_zeros(())
-        ssim_sum = x.new_zeros(())
+        count = int(valid.sum()) * x.shape[1]
         grad = torch.empty_like(x) if with_grad else None
-        for classes, y in class_chunks(target, valid, x.shape[1], x.dtype, channels_last=True):
-            xc = x[:, classes].contiguous(memory_format=torch.channels_last)
-            log_q, q_minus_1, sign = bce_parts(xc, y)
-            bce_sum -= log_q.mul_(mask).sum()
-            p = torch.sigmoid(xc)
-            pm = p * mask
-            mu_y = stats.mean(y)
-            m1 = stats.mean(pm)
-            # var_p + var_y + C2, with var_y = mu_y - mu_y^2 for a binary map (SSL Eq. 16).
-            b2 = stats.mean(pm * pm).addcmul_(m1, m1, value=-1).add_(mu_y).addcmul_(mu_y, mu_y, value=-1).add_(C2)
-            s2 = stats.mean(pm * y).addcmul_(m1, mu_y, value=-1).mul_(2).add_(C2).div_(b2)
-            if self.form == "eq7":
-                b1 = (m1 * m1).addcmul_(mu_y, mu_y).add_(C1)
-                s1 = (m1 * mu_y).mul_(2).add_(C1).div_(b1)
-                s = s1 * s2
-            else:
-                s = s2
-            ssim_sum += (1.0 - s).mul_(mask).sum()
-            if not with_grad:
-                continue
-            # d S / d (mean p, mean p^2, mean p*y) at each center, scaled by d objective / d S = -k_ssim.
-            r2 = b2.reciprocal_()
-            d1 = (m1 * s2).sub_(mu_y).mul_(r2)
-            if self.form == "eq7":
-                d1.mul_(s1).add_(mu_y.sub_(m1 * s1).mul_(s2).div_(b1))
-                d12 = s1.mul_(r2)
-            else:
-                d12 = r2.clone()
-            dp = stats.adjoint(d12.mul_(-2.0 * k_ssim)).mul_(y)
-            dp.addcmul_(stats.adjoint(s.mul_(r2).mul_(k_ssim)), pm, value=2.0)
-            dp.add_(stats.adjoint(d1.mul_(-2.0 * k_ssim)))
-            # Chain through the mask and the sigmoid; add the BCE term's gradient.
-            dp.mul_(p * (1.0 - p)).add_(q_minus_1.mul_(sign), alpha=k_bce).mul_(mask)
-            grad[:, classes] = dp
+        bce_sum = ssim_sum = 0.0
+        for classes in class_chunks(x.shape[1]):
+            bce, ssim = self._chunk(x, target, valid, classes, stats, count, None if grad is None else grad[:, classes])
+            bce_sum, ssim_sum = bce_sum + bce, ssim_sum + ssim
         return bce_sum, ssim_sum, count, grad
+
+    def _chunk(self, x, target, valid, classes, stats, count, grad):
+        """One chunk of classes (channels-last): ``(sum of BCE, sum of 1 - S)``; writes the gradient of the
+        objective into ``grad`` (a view) unless it is None. Temporaries are dropped as soon as possible."""
+        xc, y, mask = channels_last_chunk(x, classes), one_hot_chunk(target, valid, classes, x.dtype, True), stats.mask
+        bce_sum = -log_q(xc, y).mul_(mask).sum()
+        pm = xc.sigmoid_().mul_(mask)
+        del xc
+        mu_y = stats.mean(y)
+        m1 = stats.mean(pm)
+        # var_p + var_y + C2, with var_y = mu_y - mu_y^2 for a binary map (SSL Eq. 16).
+        b2 = stats.mean(pm * pm).addcmul_(m1, m1, value=-1).add_(mu_y).addcmul_(mu_y, mu_y, value=-1).add_(C2)
+        s2 = stats.mean(pm * y).addcmul_(m1, mu_y, value=-1).mul_(2).add_(C2).div_(b2)
+        if self.form == "eq7":
+            b1 = (m1 * m1).addcmul_(mu_y, mu_y).add_(C1)
+            s1 = (m1 * mu_y).mul_(2).add_(C1).div_(b1)
+            s = s1 * s2
+        else:
+            s = s2
+        ssim_sum = (1.0 - s).mul_(mask).sum()
+        if grad is None:
+            return bce_sum, ssim_sum
+        # d S / d (mean p, mean p^2, mean p*y) at each center, times d objective / d S = -(1 - lam) / count.
+        k = (1.0 - self.lam) / count
+        r2 = b2.reciprocal_()
+        d1 = (m1 * s2).sub_(mu_y).mul_(r2)  # (d S2 / d mean p) / 2
+        if self.form == "eq7":
+            d1.mul_(s1).add_(mu_y.sub_(m1.mul_(s1)).mul_(s2).div_(b1))
+            del b1
+        del m1, mu_y, s2
+        d12 = s1.mul_(r2) if self.form == "eq7" else r2.clone()  # (d S / d mean p*y) / 2
+        dp = stats.adjoint_(d12.mul_(-2.0 * k)).mul_(y)
+        del d12
+        if self.form == "eq7":
+            del s1
+        dp.addcmul_(stats.adjoint_(s.mul_(r2).mul_(k)), pm, value=2.0)  # d S / d mean p^2 = -S / B2
+        del s, r2, b2
+        dp.add_(stats.adjoint_(d1.mul_(-2.0 * k)))
+        del d1
+        # Chain through the mask and the sigmoid (pm (1 - pm) = p (1 - p) mask), add the BCE term's gradient.
+        dp.mul_(torch.addcmul(pm, pm, pm, value=-1)).add_(pm.sub_(y), alpha=self.lam / count).mul_(mask)
+        grad.copy_(dp)
+        return bce_sum, ssim_sum
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with autocast_off(logits.device.type):

@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._functional import autocast_off, check_window, prepare, zero_with_graph
-from ._window import LocalStats, attach_grad, center_weight, check_sigma, class_chunks, bce_parts, normalize_
+from ._window import (
+    LocalStats, attach_grad, center_weight, channels_last_chunk, check_sigma, class_chunks, log_q, normalized_parts,
+    one_hot_chunk,
+)
 
 
 def _check_fraction(name: str, value, upper_open: bool) -> None:
@@ -65,28 +68,31 @@ class SSLLoss(nn.Module):
         # region_size=1 (w_c = 1): e is 0 everywhere and so is its range.
         self.e_max = 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + self.c4) if w_c < 1 else 0.0
 
-    def _chunks(self, x, target, valid):
-        """Per chunk of classes (channels-last): ``(classes, x, y, y_nor, p_nor)``, the normalized maps of
-        Eq. 10, no gradient; both are 1 at ignored pixels, so ``|y_nor - p_nor|`` is 0 there."""
-        stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
-        for classes, y in class_chunks(target, valid, x.shape[1], x.dtype, channels_last=True):
-            xc = x[:, classes].contiguous(memory_format=torch.channels_last)
-            p_nor = normalize_(torch.sigmoid(xc).mul_(stats.mask), stats, self.c4, binary=False)
-            yield classes, xc, y, normalize_(y, stats, self.c4, binary=True), p_nor
+    def _parts(self, x, target, valid, classes, stats):
+        """``((num_y, den_y), (num_p, den_p))``: ``y_nor`` and ``p_nor`` of Eq. 10 as ``num / den`` for the
+        classes ``classes`` (channels-last, no gradient); both are 1 at ignored pixels."""
+        y = one_hot_chunk(target, valid, classes, x.dtype, channels_last=True)
+        p = channels_last_chunk(x, classes).sigmoid_().mul_(stats.mask)
+        return normalized_parts(y, stats, self.c4, binary=True), normalized_parts(p, stats, self.c4, binary=False)
+
+    def _error(self, x, target, valid, classes, stats) -> torch.Tensor:
+        """``e = |y_nor - p_nor|`` (Eq. 10) for one chunk of classes, channels-last; 0 at ignored pixels."""
+        (num_y, den_y), (num_p, den_p) = self._parts(x, target, valid, classes, stats)
+        return num_y.div_(den_y).addcdiv_(num_p, den_p, value=-1).abs_()
 
     def _hard(self, e: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Eq. 11: ``f`` as a boolean map; ``e`` is 0 at ignored pixels, so they are never hard."""
-        if self.ohem:
-            return e > self.beta * self.e_max
-        return valid.unsqueeze(1).expand_as(e)
+        """Eq. 11: ``f`` as a boolean map (``valid`` broadcasts to ``e``); ``e`` is 0 at ignored pixels,
+        so they are never hard."""
+        return e > self.beta * self.e_max if self.ohem else valid.expand_as(e)
 
     def error_map(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``e [N, C, H, W]`` of Eq. 10, detached; 0 at ignored pixels."""
         with autocast_off(logits.device.type), torch.no_grad():
             x, target, valid = prepare(logits, target, self.ignore_index)
+            stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
             e = torch.empty_like(x)
-            for classes, _, _, y_nor, p_nor in self._chunks(x, target, valid):
-                e[:, classes] = y_nor.sub_(p_nor).abs_()
+            for classes in class_chunks(x.shape[1]):
+                e[:, classes] = self._error(x, target, valid, classes, stats)
             return e
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -100,26 +106,33 @@ class SSLLoss(nn.Module):
 
     def _value_and_grad(self, x, target, valid):
         """The objective and its gradient w.r.t. ``x`` (``e`` and ``f`` constants), in two passes over
-        the classes: the first stores ``e * f`` (or ``f``) and counts the hard entries ``M``; the second
-        turns it into the weight ``w = lam / #valid + (1 - lam) e f / M`` of each entry's BCE."""
+        chunks of classes: the first stores ``e * f`` (``f`` when not reweighting) where the gradient goes
+        and counts the hard entries ``M``; the second turns it into the weight
+        ``w = lam / #valid + (1 - lam) e f / M`` of each entry's BCE, then into ``w (sigmoid(x) - y)``."""
+        stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
         grad = torch.empty_like(x)
-        hard = x.new_zeros(())
-        for classes, _, _, y_nor, p_nor in self._chunks(x, target, valid):
-            e = y_nor.sub_(p_nor).abs_()
-            f = self._hard(e, valid)
-            hard += f.sum()
-            grad[:, classes] = e.mul_(f) if self.reweight else f
-        mask = valid.unsqueeze(1).to(x.dtype)
-        hard_scale = (1.0 - self.lam) / hard.clamp(min=1)
-        bce_scale = self.lam / (float(valid.sum()) * x.shape[1])
-        log_q_sum = x.new_zeros(())
-        for classes, y in class_chunks(target, valid, x.shape[1], x.dtype):
-            xc, weight = x[:, classes], grad[:, classes]
-            weight.mul_(hard_scale).add_(bce_scale).mul_(mask)
-            log_q, q_minus_1, sign = bce_parts(xc, y)
-            log_q_sum += (weight * log_q).sum()
-            weight.mul_(q_minus_1.mul_(sign))
-        return -log_q_sum, grad
+        hard = sum(self._hard_weights(x, target, valid, classes, stats, grad[:, classes])
+                   for classes in class_chunks(x.shape[1]))
+        hard_scale = (1.0 - self.lam) / max(int(hard), 1)
+        bce_scale = self.lam / (int(valid.sum()) * x.shape[1])
+        value = sum(self._weighted_bce(x, target, valid, classes, grad[:, classes], hard_scale, bce_scale)
+                    for classes in class_chunks(x.shape[1]))
+        return value, grad
+
+    def _hard_weights(self, x, target, valid, classes, stats, out) -> torch.Tensor:
+        """First pass, one chunk: ``out = e * f`` (or ``f``); returns ``sum(f)``."""
+        e = self._error(x, target, valid, classes, stats)
+        f = self._hard(e, valid.unsqueeze(1))
+        out.copy_(e.mul_(f) if self.reweight else f)
+        return f.sum()
+
+    def _weighted_bce(self, x, target, valid, classes, weight, hard_scale, bce_scale) -> torch.Tensor:
+        """Second pass, one chunk: ``weight`` (holding ``e * f``) becomes the gradient; returns ``sum(w * bce)``."""
+        weight.mul_(hard_scale).add_(valid.unsqueeze(1).to(x.dtype), alpha=bce_scale)
+        xc, y = x[:, classes], one_hot_chunk(target, valid, classes, x.dtype)
+        value = -log_q(xc, y).mul_(weight).sum()
+        weight.mul_(torch.sigmoid(xc).sub_(y))
+        return value
 
     @torch.no_grad()
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -138,18 +151,21 @@ class SSLLoss(nn.Module):
             x, target, valid = prepare(logits, target, self.ignore_index)
             if not bool(valid.any()):
                 return {k: x.new_zeros(()) for k in keys}
+            stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
             sums = {k: x.new_zeros(()) for k in ("bce", "ssl", "hard")}
             extremes, errors = [], []
-            for classes, xc, y, y_nor, p_nor in self._chunks(x, target, valid):
-                full = valid.unsqueeze(1).expand_as(y)
-                bce = F.binary_cross_entropy_with_logits(xc, y, reduction="none")[full]
+            for classes in class_chunks(x.shape[1]):
+                (num_y, den_y), (num_p, den_p) = self._parts(x, target, valid, classes, stats)
+                y_nor, p_nor = num_y.div_(den_y), num_p.div_(den_p)
+                full = valid.unsqueeze(1).expand_as(y_nor)
+                bce = -log_q(x[:, classes], one_hot_chunk(target, valid, classes, x.dtype))[full]
                 extremes.append(torch.stack([v for t in (p_nor, y_nor) for v in t[full].aminmax()]))
-                e = y_nor.sub_(p_nor).abs_()
-                f = self._hard(e, valid)
+                e = y_nor.sub_(p_nor).abs_()[full]
+                f = self._hard(e, e.new_ones((), dtype=torch.bool))
                 sums["bce"] += bce.sum()
                 sums["hard"] += f.sum()
-                sums["ssl"] += (bce * e[full] if self.reweight else bce).mul_(f[full]).sum()
-                errors.append(e[full])
+                sums["ssl"] += (bce * e if self.reweight else bce).mul_(f).sum()
+                errors.append(e)
             extremes = torch.stack(extremes)
             errors = torch.cat(errors)
             count = errors.numel()
