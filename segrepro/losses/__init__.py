@@ -2,10 +2,15 @@
 
 One module per loss over the shared functional core in ``_functional``.
 """
+from .affinity import AffinityFieldLoss
 from .bce import BCELoss
 from .center import CenterLoss
 from .cross_entropy import CrossEntropyLoss
 from .focal import FocalLoss
 from .lad import LADLoss
+from .ssim import SSIMLoss
+from .ssl import SSLLoss
 
-__all__ = ["BCELoss", "CenterLoss", "CrossEntropyLoss", "FocalLoss", "LADLoss"]
+__all__ = [
+    "AffinityFieldLoss", "BCELoss", "CenterLoss", "CrossEntropyLoss", "FocalLoss", "LADLoss", "SSIMLoss", "SSLLoss",
+]

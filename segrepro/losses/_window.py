@@ -51,35 +51,29 @@ class LocalStats:
     """Renormalized local means over the valid pixels of each window.
 
     ``valid`` is the ``[N, H, W]`` mask of non-ignored pixels. ``mean(v)``
-    takes ``v [N, K, H, W]`` (or several such maps stacked along the batch,
-    ``[m N, K, H, W]``, for one convolution) that is already zero at ignored pixels and returns
+    takes ``v [N, K, H, W]`` that is already zero at ignored pixels and returns
     the weighted local mean of every channel; at ignored centers it is 0 (their
     statistics are never used, and their window may hold no valid pixel).
-    ``adjoint_(g)`` is the transpose of ``mean`` (before the masking of ``v``),
-    overwriting ``g``: the window is symmetric, so it is the same convolution
-    applied after the division.
+    ``window_sum(v)`` is the plain weighted sum over each full window (zero
+    padding); as the window is symmetric, it is also the transpose of that sum,
+    so the gradient of ``mean`` is ``window_sum(g * inv)``.
     """
 
     def __init__(self, size: int, sigma, valid: torch.Tensor, dtype: torch.dtype):
         self.size = size
         self.kernel = window_2d(size, sigma, dtype=dtype, device=valid.device)
         self.mask = valid.unsqueeze(1).to(dtype)
-        weight_sum = self._conv(self.mask)
+        weight_sum = self.window_sum(self.mask)
         self.inv = torch.where(valid.unsqueeze(1), 1.0 / weight_sum.clamp(min=torch.finfo(dtype).tiny), 0.0)
 
-    def _conv(self, v: torch.Tensor) -> torch.Tensor:
+    def window_sum(self, v: torch.Tensor) -> torch.Tensor:
         k = v.shape[1]
         weight = self.kernel.expand(k, 1, self.size, self.size)
         return F.conv2d(v, weight, padding=self.size // 2, groups=k)
 
     def mean(self, v: torch.Tensor) -> torch.Tensor:
-        out = self._conv(v)
-        n = self.inv.shape[0]
-        out.view(-1, n, *out.shape[1:]).mul_(self.inv)  # maps stacked along the batch share the weights
-        return out
+        return self.window_sum(v).mul_(self.inv)
 
-    def adjoint_(self, g: torch.Tensor) -> torch.Tensor:
-        return self._conv(g.mul_(self.inv))
 
 
 def normalized_parts(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool):
@@ -93,7 +87,8 @@ def normalized_parts(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool
     """
     with torch.no_grad():
         mu = stats.mean(v)
-        var = torch.addcmul(mu, mu, mu, value=-1) if binary else stats.mean(v * v).addcmul_(mu, mu, value=-1)
+        # E[v^2] - mu^2 with the square rounded first (not fused): exactly 0 for a one-pixel window.
+        var = torch.addcmul(mu, mu, mu, value=-1) if binary else stats.mean(v * v).sub_(mu * mu)
         # Flooring the variance at (c4 eps / 4)^2 instead of 0 leaves std + c4 bitwise unchanged (the floor's
         # root is under half an ulp of c4) and keeps sqrt off its slow path for zeros on CPU.
         floor = (c4 * torch.finfo(v.dtype).eps / 4) ** 2
@@ -123,8 +118,9 @@ def one_hot_chunk(target: torch.Tensor, valid: torch.Tensor, classes: slice, dty
 
 
 def channels_last_chunk(x: torch.Tensor, classes: slice) -> torch.Tensor:
-    """The classes ``classes`` of ``x`` as a channels-last copy (depthwise convolutions are far faster so)."""
-    return x[:, classes].contiguous(memory_format=torch.channels_last)
+    """The classes ``classes`` of ``x`` as a channels-last copy, always a new tensor (callers overwrite it);
+    depthwise convolutions are far faster on channels-last input."""
+    return x[:, classes].clone(memory_format=torch.channels_last)
 
 
 def log_q(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -125,13 +125,15 @@ class AffinityFieldLoss(nn.Module):
             n, ci, cj, ni, nj = (t.repeat(2) for t in (n, ci, cj, ni, nj))
             n_edge = len(cls)
             n_non_edge = int(pairs.sum()) * num_classes - n_edge
-            non_edge_scale = self.dec * self.lam_nonedge / max(n_non_edge, 1)
+            # (An empty set of non-edge entries: the dense sum is all edges, and both are left out.)
+            non_edge_scale = self.dec * self.lam_nonedge / n_non_edge if n_non_edge else 0.0
             total = sum(self._dense_chunk(p, classes, mask, pairs, non_edge_scale,
                                           None if grad is None else grad[:, classes])
                         for classes in class_chunks(num_classes))
             kl, d_center, d_neighbour = _pair_kl(p[n, cls, ci, cj], p[n, cls, ni, nj], with_grad)
             edge = (self.margin - kl).clamp_(min=0).sum() / max(n_edge, 1)
-            non_edge = (total - kl.sum()) / max(n_non_edge, 1)
+            if n_non_edge:  # accumulated in float64: the edge entries are a large part of the dense sum
+                non_edge = ((total - kl.sum(dtype=torch.float64)) / n_non_edge).to(x.dtype)
             if with_grad:
                 # d objective / d KL of an edge entry: the hinge, minus its share in the dense non-edge sum.
                 g = (kl <= self.margin).to(x.dtype).mul_(-self.dec * self.lam_edge / max(n_edge, 1))
@@ -146,14 +148,14 @@ class AffinityFieldLoss(nn.Module):
         return ce, edge, non_edge, grad
 
     def _dense_chunk(self, p, classes, mask, pairs, scale, grad):
-        """Dense ``sum KL`` over all entries of one chunk of classes (channels-last); writes
+        """Dense ``sum KL`` over all entries of one chunk of classes (channels-last, float64); writes
         ``scale * d sum / d p`` into ``grad`` (a view) unless it is None."""
         pc = channels_last_chunk(p, classes)
         big_p, big_q = pc.clamp(EPS, 1.0), torch.rsub(pc, 1.0).clamp_(EPS, 1.0)
         log_p, log_q = big_p.log(), big_q.log()
         ring_p, ring_q = self._ring(big_p * mask), self._ring(big_q * mask)
-        total = (big_p * log_p).addcmul_(big_q, log_q).mul_(pairs).sum()
-        total -= (log_p * ring_p).addcmul_(log_q, ring_q).mul_(mask).sum()
+        total = (big_p * log_p).addcmul_(big_q, log_q).mul_(pairs).sum(dtype=torch.float64)
+        total -= (log_p * ring_p).addcmul_(log_q, ring_q).mul_(mask).sum(dtype=torch.float64)
         if grad is None:
             return total
         # d / dP = n (log P + 1) - v R(vP) / P - v R(v log P), likewise for Q; then through the clipping.

@@ -60,44 +60,46 @@ class SSIMLoss(nn.Module):
     def _chunk(self, x, target, valid, classes, stats, count, grad):
         """One chunk of classes (channels-last): ``(sum of BCE, sum of 1 - S)``; writes the gradient of the
         objective into ``grad`` (a view) unless it is None. Temporaries are dropped as soon as possible."""
-        xc, y, mask = channels_last_chunk(x, classes), one_hot_chunk(target, valid, classes, x.dtype, True), stats.mask
-        bce_sum = -log_q(xc, y).mul_(mask).sum()
-        pm = xc.sigmoid_().mul_(mask)
-        del xc
-        mu_y = stats.mean(y)
-        m1 = stats.mean(pm)
-        # var_p + var_y + C2, with var_y = mu_y - mu_y^2 for a binary map (SSL Eq. 16).
-        b2 = stats.mean(pm * pm).addcmul_(m1, m1, value=-1).add_(mu_y).addcmul_(mu_y, mu_y, value=-1).add_(C2)
-        s2 = stats.mean(pm * y).addcmul_(m1, mu_y, value=-1).mul_(2).add_(C2).div_(b2)
+        y = one_hot_chunk(target, valid, classes, x.dtype, channels_last=True)
+        pm = channels_last_chunk(x, classes)
+        bce_sum = -torch.dot(log_q(pm, y).sum(1).flatten(), stats.mask.flatten())
+        pm.sigmoid_().mul_(stats.mask)
+        mu_y, m1, b2, s2 = stats.mean(y), stats.mean(pm), stats.mean(pm * pm), stats.mean(pm * y)
+        # B2 = var_p + var_y + C2 with var_y = mu_y - mu_y^2 for a binary map (SSL Eq. 16); S2 = A2 / B2.
+        b2.addcmul_(m1, m1, value=-1).add_(mu_y).addcmul_(mu_y, mu_y, value=-1).add_(C2)
+        s2.addcmul_(m1, mu_y, value=-1).mul_(2).add_(C2).div_(b2)
         if self.form == "eq7":
-            b1 = (m1 * m1).addcmul_(mu_y, mu_y).add_(C1)
-            s1 = (m1 * mu_y).mul_(2).add_(C1).div_(b1)
+            c1 = x.new_tensor(C1)
+            b1 = torch.addcmul(c1, m1, m1).addcmul_(mu_y, mu_y)
+            s1 = torch.addcmul(c1, m1, mu_y, value=2).div_(b1)
             s = s1 * s2
         else:
             s = s2
-        ssim_sum = (1.0 - s).mul_(mask).sum()
+        ssim_sum = float(y.shape[1]) * stats.mask.sum() - torch.dot(s.sum(1).flatten(), stats.mask.flatten())
         if grad is None:
             return bce_sum, ssim_sum
-        # d S / d (mean p, mean p^2, mean p*y) at each center, times d objective / d S = -(1 - lam) / count.
-        k = (1.0 - self.lam) / count
-        r2 = b2.reciprocal_()
-        d1 = (m1 * s2).sub_(mu_y).mul_(r2)  # (d S2 / d mean p) / 2
+        # dS/d mean(p y) = 2 S1 / B2, dS/d mean(p^2) = -S / B2, dS/d mean(p) = 2 g1 below; the objective
+        # has -(1 - lam) / count times these, and d mean(v)_i / d v_j = window weight * inv_i.
+        # The adjoint of a local mean divides by the window's weight sum first: fold that (inv) in here.
+        r2 = b2.reciprocal_().mul_(stats.inv)
+        g1 = (m1 * s2).sub_(mu_y)
         if self.form == "eq7":
-            d1.mul_(s1).add_(mu_y.sub_(m1.mul_(s1)).mul_(s2).div_(b1))
+            dmu_s1 = mu_y.sub_(m1.mul_(s1)).mul_(s2).div_(b1).mul_(stats.inv)  # (dS1 / d mean p) S2 / 2
             del b1
-        del m1, mu_y, s2
-        d12 = s1.mul_(r2) if self.form == "eq7" else r2.clone()  # (d S / d mean p*y) / 2
-        dp = stats.adjoint_(d12.mul_(-2.0 * k)).mul_(y)
-        del d12
-        if self.form == "eq7":
-            del s1
-        dp.addcmul_(stats.adjoint_(s.mul_(r2).mul_(k)), pm, value=2.0)  # d S / d mean p^2 = -S / B2
-        del s, r2, b2
-        dp.add_(stats.adjoint_(d1.mul_(-2.0 * k)))
-        del d1
-        # Chain through the mask and the sigmoid (pm (1 - pm) = p (1 - p) mask), add the BCE term's gradient.
-        dp.mul_(torch.addcmul(pm, pm, pm, value=-1)).add_(pm.sub_(y), alpha=self.lam / count).mul_(mask)
-        grad.copy_(dp)
+            g12 = s1.mul_(r2)
+            g1.mul_(g12).add_(dmu_s1)
+            del dmu_s1
+        else:
+            g12 = r2
+            g1.mul_(g12)
+        g2 = s.mul_(r2)
+        del m1, mu_y, s2, b2, r2, s
+        dp = stats.window_sum(g1).addcmul_(stats.window_sum(g2), pm, value=-1).addcmul_(stats.window_sum(g12), y)
+        del g1, g2, g12
+        # Chain through the sigmoid (pm (1 - pm) is p (1 - p), 0 at ignored pixels), add the BCE gradient.
+        sigmoid_grad = torch.addcmul(pm, pm, pm, value=-1)
+        bce_grad = pm.sub_(y).mul_(self.lam / count)
+        torch.addcmul(bce_grad, dp, sigmoid_grad, value=-2.0 * (1.0 - self.lam) / count, out=grad)
         return bce_sum, ssim_sum
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,174 @@
+"""SSIMLoss (SSL paper Eqs. 7 and 9) against a direct, loop-based reading of the spec."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+import segrepro.losses._window as window
+from segrepro.losses import SSIMLoss
+
+IGNORE = 255
+C1, C2 = 0.01**2, 0.03**2
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "loss" / "ssim.yaml"
+
+
+def sample(n=2, c=3, size=7, seed=0):
+    """float64 logits and labels with ignored pixels, two of them on the border."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 1.5 * torch.randn(n, c, size, size, generator=g, dtype=torch.float64)
+    target = torch.randint(0, c, (n, size, size), generator=g)
+    target[torch.rand(n, size, size, generator=g) < 0.15] = IGNORE
+    target[0, 0, 0] = target[1, size - 1, 3] = IGNORE
+    return logits, target
+
+
+def window_weights(size, sigma):
+    r = size // 2
+    w = {(a, b): 1.0 if sigma is None else math.exp(-(a * a + b * b) / (2 * sigma * sigma))
+         for a in range(-r, r + 1) for b in range(-r, r + 1)}
+    total = sum(w.values())
+    return {k: v / total for k, v in w.items()}
+
+
+def reference(logits, target, size=3, sigma=1.5, form="eq7", lam=0.5):
+    """The objective, with loops over valid pixels and window positions; differentiable w.r.t. logits."""
+    n_, c_, h, w = logits.shape
+    weights = window_weights(size, sigma)
+    p = torch.sigmoid(logits)
+    valid = target != IGNORE
+    one_minus_s, bce = [], []
+    for n in range(n_):
+        for c in range(c_):
+            y = (target[n] == c).double()
+            for i in range(h):
+                for j in range(w):
+                    if not valid[n, i, j]:
+                        continue
+                    items = [(wt, p[n, c, i + a, j + b], y[i + a, j + b]) for (a, b), wt in weights.items()
+                             if 0 <= i + a < h and 0 <= j + b < w and valid[n, i + a, j + b]]
+                    total = sum(wt for wt, _, _ in items)
+                    mu_p = sum(wt * pv for wt, pv, _ in items) / total
+                    mu_y = sum(wt * yv for wt, _, yv in items) / total
+                    var_p = sum(wt * pv * pv for wt, pv, _ in items) / total - mu_p * mu_p
+                    var_y = sum(wt * yv * yv for wt, _, yv in items) / total - mu_y * mu_y
+                    cov = sum(wt * pv * yv for wt, pv, yv in items) / total - mu_p * mu_y
+                    s = (2 * cov + C2) / (var_p + var_y + C2)
+                    if form == "eq7":
+                        s = s * (2 * mu_p * mu_y + C1) / (mu_p * mu_p + mu_y * mu_y + C1)
+                    one_minus_s.append(1 - s)
+                    bce.append(F.binary_cross_entropy_with_logits(logits[n, c, i, j], y[i, j]))
+    return lam * torch.stack(bce).mean() + (1 - lam) * torch.stack(one_minus_s).mean()
+
+
+@pytest.mark.parametrize("form", ["eq7", "eq9"])
+@pytest.mark.parametrize("size,sigma,lam", [(3, 1.5, 0.5), (3, None, 0.2), (5, 1.0, 1.0), (1, 1.5, 0.0)])
+def test_value_and_gradient_match_loop_reference(form, size, sigma, lam):
+    logits, target = sample()
+    x = logits.clone().requires_grad_()
+    value = SSIMLoss(window_size=size, sigma=sigma, form=form, lam=lam)(x, target)
+    (grad,) = torch.autograd.grad(value, x)
+    x_ref = logits.clone().requires_grad_()
+    expected = reference(x_ref, target, size, sigma, form, lam)
+    (grad_ref,) = torch.autograd.grad(expected, x_ref)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", ["eq7", "eq9"])
+def test_gradcheck_across_class_chunks(form, monkeypatch):
+    monkeypatch.setattr(window, "CLASS_CHUNK", 2)  # three classes in two chunks
+    logits, target = sample(size=6, seed=1)
+    loss = SSIMLoss(form=form, lam=0.3)
+    assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits.requires_grad_(),))
+
+
+def test_terms_are_the_two_means():
+    logits, target = sample(seed=2)
+    loss = SSIMLoss(form="eq9", lam=0.25)
+    terms = loss.terms(logits, target)
+    torch.testing.assert_close(0.25 * terms["bce"] + 0.75 * terms["ssim"], loss(logits, target))
+    torch.testing.assert_close(terms["ssim"], reference(logits, target, form="eq9", lam=0.0))
+    torch.testing.assert_close(terms["bce"], reference(logits, target, form="eq9", lam=1.0))
+
+
+def test_eq9_of_a_perfect_prediction_is_lower():
+    _, target = sample()
+    good = torch.where(F.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2).bool(), 6.0, -6.0).double()
+    bad = -good
+    for form in ("eq7", "eq9"):
+        loss = SSIMLoss(form=form, lam=0.0)
+        assert loss(good, target) < 0.1 < loss(bad, target)
+
+
+def test_all_ignored_gives_zero_with_graph():
+    logits, target = sample()
+    target[:] = IGNORE
+    x = logits.requires_grad_()
+    value = SSIMLoss()(x, target)
+    assert value.item() == 0 and value.requires_grad
+    value.backward()
+    assert torch.count_nonzero(x.grad) == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"form": "eq8"}, {"form": "EQ7"}, {"window_size": 2}, {"window_size": 0},
+                                    {"sigma": 0}, {"lam": -0.1}])
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        SSIMLoss(**kwargs)
+
+
+@pytest.mark.parametrize("case", ["rank", "size", "label"])
+def test_bad_inputs_raise(case):
+    logits, target = sample()
+    if case == "rank":
+        target = target[0]
+    elif case == "size":
+        logits = logits[..., :-1]
+    else:
+        target[1, 2, 2] = 7
+    with pytest.raises(ValueError):
+        SSIMLoss()(logits, target)
+
+
+def test_half_precision_and_autocast_compute_in_float32():
+    logits, target = sample()
+    loss = SSIMLoss()
+    reference32 = loss(logits.float(), target)
+    assert loss(logits, target).dtype == torch.float64
+    value = loss(logits.float().half(), target)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, loss(logits.float().half().float(), target))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = loss(logits.float(), target)
+    assert autocast.dtype == torch.float32
+    torch.testing.assert_close(autocast, reference32)
+    assert reference32.item() == pytest.approx(loss(logits, target).item(), rel=1e-5)
+
+
+def test_no_grad_forward_returns_the_same_value():
+    logits, target = sample()
+    loss = SSIMLoss()
+    with torch.no_grad():
+        plain = loss(logits, target)
+    torch.testing.assert_close(plain, loss(logits.requires_grad_(), target).detach())
+
+
+def test_config_instantiates_with_ignore_index():
+    cfg = OmegaConf.create({"data": {"ignore_index": 255, "num_classes": 3}, "loss": OmegaConf.load(CONFIG)})
+    loss = hydra.utils.instantiate(cfg.loss)
+    assert isinstance(loss, SSIMLoss) and loss.ignore_index == 255
+    assert (loss.window_size, loss.sigma, loss.form, loss.lam) == (3, 1.5, "eq7", 0.5)
+
+
+def test_inputs_are_not_modified():
+    logits, target = sample()
+    logits = logits.contiguous(memory_format=torch.channels_last)  # a chunk copy could alias it
+    before = logits.clone()
+    SSIMLoss()(logits.requires_grad_(), target).backward()
+    assert torch.equal(logits.detach(), before)

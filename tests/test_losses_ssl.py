@@ -1,0 +1,263 @@
+"""SSLLoss against a direct, loop-based reading of the spec (SSL paper Sec. 3, Eqs. 10-17)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+import segrepro.losses._window as window
+from segrepro.losses import SSLLoss
+
+IGNORE = 255
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "loss" / "ssl.yaml"
+
+
+def sample(n=2, c=3, size=7, seed=0):
+    """float64 logits and labels with ignored pixels, two of them on the border."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 1.5 * torch.randn(n, c, size, size, generator=g, dtype=torch.float64)
+    target = torch.randint(0, c, (n, size, size), generator=g)
+    target[torch.rand(n, size, size, generator=g) < 0.15] = IGNORE
+    target[0, 0, 0] = target[1, size - 1, 3] = IGNORE
+    return logits, target
+
+
+def window_weights(size, sigma):
+    """The full window, unit sum, from the spec's words: circular Gaussian of std sigma, or uniform."""
+    r = size // 2
+    w = {(a, b): 1.0 if sigma is None else math.exp(-(a * a + b * b) / (2 * sigma * sigma))
+         for a in range(-r, r + 1) for b in range(-r, r + 1)}
+    total = sum(w.values())
+    return {k: v / total for k, v in w.items()}
+
+
+def local_stats(v, valid, i, j, weights):
+    """Weighted mean and (clamped) variance of v over the in-image, valid pixels of the window at (i, j)."""
+    h, w = v.shape
+    items = [(wt, float(v[i + a, j + b])) for (a, b), wt in weights.items()
+             if 0 <= i + a < h and 0 <= j + b < w and valid[i + a, j + b]]
+    total = sum(wt for wt, _ in items)
+    mu = sum(wt * x for wt, x in items) / total
+    var = max(sum(wt * x * x for wt, x in items) / total - mu * mu, 0.0)
+    return mu, var
+
+
+def reference_e(logits, target, size=3, sigma=1.5, c4=0.01):
+    """e [N, C, H, W] of Eq. 10 (0 at ignored pixels), by loops over pixels and window positions."""
+    n_, c_, h, w = logits.shape
+    weights = window_weights(size, sigma)
+    p = torch.sigmoid(logits)
+    valid = target != IGNORE
+    e = torch.zeros(n_, c_, h, w, dtype=torch.float64)
+    for n in range(n_):
+        for c in range(c_):
+            y = (target[n] == c).double()
+            for i in range(h):
+                for j in range(w):
+                    if not valid[n, i, j]:
+                        continue
+                    mu_y, var_y = local_stats(y, valid[n], i, j, weights)
+                    mu_p, var_p = local_stats(p[n, c], valid[n], i, j, weights)
+                    y_nor = (float(y[i, j]) - mu_y + c4) / (math.sqrt(var_y) + c4)
+                    p_nor = (float(p[n, c, i, j]) - mu_p + c4) / (math.sqrt(var_p) + c4)
+                    e[n, c, i, j] = abs(y_nor - p_nor)
+    return e
+
+
+def reference_loss(logits, target, size=3, sigma=1.5, beta=0.1, lam=0.5, c4=0.01, ohem=True, reweight=True):
+    """Objective of Eq. 17 with e and f constants; differentiable w.r.t. logits through the BCE only."""
+    e = reference_e(logits.detach(), target, size, sigma, c4)
+    w_c = window_weights(size, sigma)[(0, 0)]
+    e_max = 2 * (1 - w_c) / (math.sqrt(w_c * (1 - w_c)) + c4)
+    valid = (target != IGNORE).unsqueeze(1).expand_as(logits)
+    y = F.one_hot(target.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2).double()
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    f = (e > beta * e_max) & valid if ohem else valid
+    weight = e if reweight else torch.ones_like(e)
+    bce_mean = bce[valid].sum() / valid.sum()
+    ssl = (weight * f * bce).sum() / max(int(f.sum()), 1)
+    return lam * bce_mean + (1 - lam) * ssl, {"bce": bce_mean, "ssl": ssl, "hard_fraction": f.sum().double() / valid.sum(),
+                                              "e": e[valid]}
+
+
+@pytest.mark.parametrize("size,sigma", [(3, 1.5), (3, None), (5, 1.0)])
+def test_error_map_matches_loop_reference(size, sigma):
+    logits, target = sample()
+    e = SSLLoss(region_size=size, sigma=sigma).error_map(logits, target)
+    torch.testing.assert_close(e, reference_e(logits, target, size, sigma), rtol=1e-12, atol=1e-12)
+    assert not e.requires_grad
+
+
+@pytest.mark.parametrize("ohem,reweight", [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("chunk", [8, 2])
+def test_value_and_gradient_match_reference(ohem, reweight, chunk, monkeypatch):
+    monkeypatch.setattr(window, "CLASS_CHUNK", chunk)  # 2: three classes in two chunks
+    logits, target = sample(seed=1)
+    kwargs = dict(beta=0.3, lam=0.3, ohem=ohem, reweight=reweight)
+    x = logits.clone().requires_grad_()
+    value = SSLLoss(**kwargs)(x, target)
+    (grad,) = torch.autograd.grad(value, x)
+    x_ref = logits.clone().requires_grad_()
+    expected, _ = reference_loss(x_ref, target, **kwargs)
+    (grad_ref,) = torch.autograd.grad(expected, x_ref)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_hard_mask_selects_some_entries_and_terms_match():
+    logits, target = sample(seed=2)
+    loss = SSLLoss()
+    expected, parts = reference_loss(logits, target)
+    terms = loss.terms(logits, target)
+    assert 0 < terms["hard_fraction"] < 1
+    for key in ("bce", "ssl", "hard_fraction"):
+        torch.testing.assert_close(terms[key], parts[key].to(terms[key].dtype), rtol=1e-12, atol=1e-12)
+    e = parts["e"]
+    torch.testing.assert_close(terms["e_max"], e.max())
+    torch.testing.assert_close(terms["e_mean"], e.mean())
+    torch.testing.assert_close(terms["e_median"], e.median())
+    assert terms["norm_gt_min"] < 0 < terms["norm_gt_max"] and terms["norm_pred_min"] < terms["norm_pred_max"]
+    torch.testing.assert_close(0.5 * terms["bce"] + 0.5 * terms["ssl"], loss(logits, target))
+    torch.testing.assert_close(loss(logits, target), expected)
+
+
+def test_normalized_extremes_in_terms():
+    logits, target = sample(seed=3)
+    terms = SSLLoss(region_size=3, sigma=None).terms(logits, target)
+    weights = window_weights(3, None)
+    p, valid = torch.sigmoid(logits), target != IGNORE
+    p_nor, y_nor = [], []
+    for n in range(2):
+        for c in range(3):
+            y = (target[n] == c).double()
+            for i in range(7):
+                for j in range(7):
+                    if valid[n, i, j]:
+                        mu, var = local_stats(y, valid[n], i, j, weights)
+                        y_nor.append((float(y[i, j]) - mu + 0.01) / (math.sqrt(var) + 0.01))
+                        mu, var = local_stats(p[n, c], valid[n], i, j, weights)
+                        p_nor.append((float(p[n, c, i, j]) - mu + 0.01) / (math.sqrt(var) + 0.01))
+    for key, value in [("norm_pred_min", min(p_nor)), ("norm_pred_max", max(p_nor)),
+                       ("norm_gt_min", min(y_nor)), ("norm_gt_max", max(y_nor))]:
+        assert terms[key].item() == pytest.approx(value, rel=1e-12)
+
+
+def test_e_max_is_the_theoretical_range_of_the_normalized_ground_truth():
+    for size, sigma in [(3, 1.5), (5, None)]:
+        w_c = window_weights(size, sigma)[(0, 0)]
+        loss = SSLLoss(region_size=size, sigma=sigma)
+        y_max = (1 - w_c + 0.01) / (math.sqrt(w_c * (1 - w_c)) + 0.01)  # center 1, all others 0
+        y_min = (0 - (1 - w_c) + 0.01) / (math.sqrt(w_c * (1 - w_c)) + 0.01)  # center 0, all others 1
+        assert loss.e_max == pytest.approx(y_max - y_min, rel=1e-12)
+
+
+# SSL Figure 2: one binary channel (class 1 of two), uniform statistics over the whole 3x3 patch.
+FIG2_Y = torch.tensor([[[0, 0, 0], [1, 0, 1], [1, 1, 1]]])
+FIG2_P = torch.tensor([[.1, .1, .1], [.8, .8, .9], [.8, .9, .8]], dtype=torch.float64)
+
+
+def figure2(region_size, c4):
+    x = torch.logit(FIG2_P)[None, None]
+    e = SSLLoss(region_size=region_size, sigma=None, c4=c4).error_map(torch.cat([-x, x], 1), FIG2_Y)[0, 1]
+    bce = F.binary_cross_entropy(FIG2_P, FIG2_Y[0].double(), reduction="none")
+    return bce, e * bce
+
+
+def test_figure2_worked_example():
+    # A 5x5 window renormalized over the in-image pixels covers the whole 3x3 patch from every pixel: these
+    # are the figure's "statistics over the whole patch". Its numbers are reproduced with C4 = 0.
+    bce, weighted = figure2(region_size=5, c4=0.0)
+    assert bce.sum().item() == pytest.approx(2.805, abs=1e-3)
+    assert (bce[1, 1] / bce.sum()).item() == pytest.approx(0.57, abs=0.01)
+    assert weighted.sum().item() == pytest.approx(3.060, abs=1e-3)
+    assert (weighted[1, 1] / weighted.sum()).item() == pytest.approx(0.91, abs=0.01)
+    # With the default C4 = 0.01 the total is 2.996 (center 91%).
+    _, weighted = figure2(region_size=5, c4=0.01)
+    assert weighted.sum().item() == pytest.approx(2.996, abs=1e-3)
+    assert (weighted[1, 1] / weighted.sum()).item() == pytest.approx(0.91, abs=0.01)
+    # A 3x3 window sees the whole patch from the center pixel only: same center, different border.
+    _, whole = figure2(region_size=5, c4=0.0)
+    _, local = figure2(region_size=3, c4=0.0)
+    assert local[1, 1].item() == pytest.approx(whole[1, 1].item(), rel=1e-12)
+    assert local.sum().item() != pytest.approx(whole.sum().item(), abs=1e-2)
+
+
+def test_region_size_one_is_lam_times_bce():
+    logits, target = sample()
+    loss = SSLLoss(region_size=1, lam=0.4)
+    value = loss(logits, target)
+    valid = (target != IGNORE).unsqueeze(1).expand_as(logits)
+    y = F.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2).double()
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")[valid].mean()
+    assert torch.isfinite(value) and value.item() == pytest.approx(0.4 * bce.item(), rel=1e-12)
+    assert loss.error_map(logits, target).abs().max() == 0
+    assert loss.terms(logits, target)["hard_fraction"] == 0
+
+
+def test_all_ignored_gives_zero_with_graph():
+    logits, target = sample()
+    target[:] = IGNORE
+    x = logits.requires_grad_()
+    value = SSLLoss()(x, target)
+    assert value.item() == 0 and value.requires_grad
+    value.backward()
+    assert torch.count_nonzero(x.grad) == 0
+    assert all(v.item() == 0 for v in SSLLoss().terms(logits, target).values())
+
+
+@pytest.mark.parametrize("kwargs", [{"region_size": 4}, {"region_size": 0}, {"region_size": -3},
+                                    {"region_size": 3.0}, {"sigma": 0.0}, {"sigma": -1.0}, {"beta": 1.0},
+                                    {"beta": -0.1}, {"lam": 1.5}, {"c4": -0.01}])
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        SSLLoss(**kwargs)
+
+
+@pytest.mark.parametrize("case", ["rank", "size", "label"])
+def test_bad_inputs_raise(case):
+    logits, target = sample()
+    if case == "rank":
+        logits = logits[0]
+    elif case == "size":
+        target = target[:, :-1]
+    else:
+        target[0, 1, 1] = 3
+    with pytest.raises(ValueError):
+        SSLLoss()(logits, target)
+
+
+def test_half_precision_and_autocast_compute_in_float32():
+    logits, target = sample()
+    loss = SSLLoss()
+    reference = loss(logits.float(), target)
+    assert loss(logits, target).dtype == torch.float64
+    value = loss(logits.float().bfloat16(), target)
+    assert value.dtype == torch.float32
+    expected = loss(logits.float().bfloat16().float(), target)
+    torch.testing.assert_close(value, expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = loss(logits.float(), target)
+    assert autocast.dtype == torch.float32
+    torch.testing.assert_close(autocast, reference)
+    assert reference.item() == pytest.approx(loss(logits, target).item(), rel=1e-3)
+
+
+def test_config_instantiates_with_ignore_index():
+    cfg = OmegaConf.create({"data": {"ignore_index": 255, "num_classes": 3}, "loss": OmegaConf.load(CONFIG)})
+    loss = hydra.utils.instantiate(cfg.loss)
+    assert isinstance(loss, SSLLoss) and loss.ignore_index == 255
+    assert (loss.region_size, loss.sigma, loss.beta, loss.lam, loss.c4) == (3, 1.5, 0.1, 0.5, 0.01)
+
+
+def test_inputs_are_not_modified():
+    logits, target = sample()
+    logits = logits.contiguous(memory_format=torch.channels_last)  # a chunk copy could alias it
+    before = logits.clone()
+    SSLLoss()(logits.requires_grad_(), target).backward()
+    SSLLoss().terms(logits, target)
+    assert torch.equal(logits.detach(), before)
