@@ -83,9 +83,9 @@ def test_value_and_gradient_match_loop_reference(form, size, sigma, lam):
 @pytest.mark.parametrize("form", ["eq7", "eq9"])
 def test_gradcheck_across_class_chunks(form, monkeypatch):
     monkeypatch.setattr(window, "CLASS_CHUNK", 2)  # three classes in two chunks
-    logits, target = sample(size=6, seed=1)
+    logits, target = sample(size=5, seed=1)
     loss = SSIMLoss(form=form, lam=0.3)
-    assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits.requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits.requires_grad_(),), fast_mode=True)
 
 
 def test_terms_are_the_two_means():

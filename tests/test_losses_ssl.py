@@ -81,8 +81,8 @@ def reference_loss(logits, target, size=3, sigma=1.5, beta=0.1, lam=0.5, c4=0.01
     weight = e if reweight else torch.ones_like(e)
     bce_mean = bce[valid].sum() / valid.sum()
     ssl = (weight * f * bce).sum() / max(int(f.sum()), 1)
-    return lam * bce_mean + (1 - lam) * ssl, {"bce": bce_mean, "ssl": ssl, "hard_fraction": f.sum().double() / valid.sum(),
-                                              "e": e[valid]}
+    parts = {"bce": bce_mean, "ssl": ssl, "hard_fraction": f.sum().double() / valid.sum(), "e": e[valid]}
+    return lam * bce_mean + (1 - lam) * ssl, parts
 
 
 @pytest.mark.parametrize("size,sigma", [(3, 1.5), (3, None), (5, 1.0)])

@@ -7,6 +7,10 @@ window only, with the window weights renormalized to sum to one over those
 pixels: ``mean(v)_i = sum_j w_(j-i) m_j v_j / sum_j w_(j-i) m_j`` with ``m``
 the valid mask. Both sums are depthwise convolutions with zero padding; the
 denominator does not depend on the class, so it is one channel, computed once.
+
+Also the machinery shared by the losses that compute their gradient together
+with their value (SSL, SSIM, affinity field): chunks of classes, channels-last
+copies for the convolutions, and a forward that attaches the gradient.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from ._functional import autocast_off, prepare, zero_with_graph
 
 # Classes processed at once by the chunked losses: bounds their temporaries to a fraction of the logits
 # and keeps them in cache; 8 channels in channels-last layout also suit the vectorized depthwise convolution.
@@ -26,14 +32,14 @@ def check_sigma(sigma) -> None:
         raise ValueError(f"sigma must be a positive number or None (uniform window), got {sigma!r}")
 
 
-def window_1d(size: int, sigma, dtype=torch.float64, device=None) -> torch.Tensor:
-    """The normalized 1-D factor of the window: ``exp(-i^2 / (2 sigma^2))`` or uniform."""
+def window_1d(size: int, sigma) -> torch.Tensor:
+    """The normalized 1-D factor of the window (float64): ``exp(-i^2 / (2 sigma^2))`` or uniform."""
     if sigma is None:
         g = torch.ones(size, dtype=torch.float64)
     else:
         i = torch.arange(size, dtype=torch.float64) - size // 2
         g = torch.exp(-(i * i) / (2.0 * float(sigma) ** 2))
-    return (g / g.sum()).to(dtype=dtype, device=device)
+    return g / g.sum()
 
 
 def window_2d(size: int, sigma, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -75,7 +81,6 @@ class LocalStats:
         return self.window_sum(v).mul_(self.inv)
 
 
-
 def normalized_parts(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool):
     """SSL Eq. 10 (one side) as ``(num, den)``: ``v_nor = num / den = (v - mu + c4) / (std + c4)``, no gradient.
 
@@ -104,16 +109,15 @@ def class_chunks(num_classes: int):
 
 
 def one_hot_chunk(target: torch.Tensor, valid: torch.Tensor, classes: slice, dtype: torch.dtype,
-                  channels_last: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+                  channels_last: bool = False) -> torch.Tensor:
     """``[N, k, H, W]`` one-hot map of the classes in ``classes`` (0 at ignored pixels), in channels-last
-    layout if asked (what the window convolutions want), written into ``out`` if given."""
+    layout if asked (what the window convolutions want)."""
     n, h, w = target.shape
     k = classes.stop - classes.start
     index = (target - classes.start).unsqueeze(1)
     inside = (valid.unsqueeze(1) & (index >= 0) & (index < k)).to(dtype)
-    if out is None:
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        out = torch.empty((n, k, h, w), dtype=dtype, device=target.device, memory_format=layout)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((n, k, h, w), dtype=dtype, device=target.device, memory_format=layout)
     return out.zero_().scatter_(1, index.clamp_(0, k - 1), inside)
 
 
@@ -146,6 +150,24 @@ class _AttachGrad(torch.autograd.Function):
         return grad * grad_output, None, None
 
 
-def attach_grad(x: torch.Tensor, value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """A scalar equal to ``value`` whose gradient w.r.t. ``x`` is ``grad`` (first order only)."""
-    return _AttachGrad.apply(x, value, grad)
+def eager_forward(value_and_grad, logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """The forward of a loss that computes its gradient along with its value, without an autograd graph:
+    ``value_and_grad(x, target, valid, with_grad) -> (value, d value / d x or None)`` on checked inputs
+    in the compute dtype. The result is a scalar whose gradient w.r.t. the logits is that gradient
+    (first order only); a batch with no valid pixel gives a zero with a graph."""
+    with autocast_off(logits.device.type):
+        x, target, valid = prepare(logits, target, ignore_index)
+        if not bool(valid.any()):
+            return zero_with_graph(x)
+        with_grad = torch.is_grad_enabled() and x.requires_grad
+        value, grad = value_and_grad(x, target, valid, with_grad)
+        return _AttachGrad.apply(x, value, grad) if with_grad else value
+
+
+def eager_terms(terms, logits: torch.Tensor, target: torch.Tensor, ignore_index: int, keys) -> dict:
+    """``terms(x, target, valid) -> tuple`` on checked inputs, as a dict over ``keys``; zeros if no pixel is valid."""
+    with autocast_off(logits.device.type), torch.no_grad():
+        x, target, valid = prepare(logits, target, ignore_index)
+        if not bool(valid.any()):
+            return {k: x.new_zeros(()) for k in keys}
+        return dict(zip(keys, terms(x, target, valid)))

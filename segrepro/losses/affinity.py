@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._functional import autocast_off, check_window, prepare, zero_with_graph
-from ._window import attach_grad, channels_last_chunk, class_chunks
+from ._functional import check_window
+from ._window import channels_last_chunk, class_chunks, eager_forward, eager_terms
 
 EPS = 1e-4  # clipping of p and 1 - p, as in the official implementation
 
@@ -166,20 +166,14 @@ class AffinityFieldLoss(nn.Module):
         return total
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with autocast_off(logits.device.type):
-            x, target, valid = prepare(logits, target, self.ignore_index)
-            if not bool(valid.any()):
-                return zero_with_graph(x)
-            with_grad = torch.is_grad_enabled() and x.requires_grad
-            ce, edge, non_edge, grad = self._compute(x, target, valid, with_grad)
-            value = ce + self.dec * (self.lam_edge * edge + self.lam_nonedge * non_edge)
-            return attach_grad(x, value, grad) if with_grad else value
+        return eager_forward(self._value_and_grad, logits, target, self.ignore_index)
 
-    @torch.no_grad()
+    def _value_and_grad(self, x, target, valid, with_grad: bool):
+        ce, edge, non_edge, grad = self._compute(x, target, valid, with_grad)
+        return ce + self.dec * (self.lam_edge * edge + self.lam_nonedge * non_edge), grad
+
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"ce", "edge", "non_edge"}``: the plain means, before ``lam_*`` and the decay factor (0 if no valid pixel)."""
-        with autocast_off(logits.device.type):
-            x, target, valid = prepare(logits, target, self.ignore_index)
-            if not bool(valid.any()):
-                return {k: x.new_zeros(()) for k in ("ce", "edge", "non_edge")}
-            return dict(zip(("ce", "edge", "non_edge"), self._compute(x, target, valid, with_grad=False)[:3]))
+        """``{"ce", "edge", "non_edge"}``: the plain means, before ``lam_*`` and the decay factor
+        (0 when no pixel is valid)."""
+        return eager_terms(lambda x, t, v: self._compute(x, t, v, with_grad=False)[:3], logits, target,
+                           self.ignore_index, ("ce", "edge", "non_edge"))

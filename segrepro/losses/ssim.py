@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._functional import autocast_off, check_window, prepare, zero_with_graph
-from ._window import LocalStats, attach_grad, channels_last_chunk, check_sigma, class_chunks, log_q, one_hot_chunk
+from ._functional import check_window
+from ._window import (
+    LocalStats, channels_last_chunk, check_sigma, class_chunks, eager_forward, eager_terms, log_q, one_hot_chunk,
+)
 
 C1 = 0.01**2
 C2 = 0.03**2
@@ -20,7 +22,8 @@ class SSIMLoss(nn.Module):
     ``None`` for uniform, weighted population statistics over the in-image,
     non-ignored pixels, weights renormalized):
 
-    - ``form="eq7"`` (Eq. 7): ``S = SSIM = (2 mu_p mu_y + C1)(2 cov + C2) / ((mu_p^2 + mu_y^2 + C1)(var_p + var_y + C2))``;
+    - ``form="eq7"`` (Eq. 7): ``S = SSIM``
+      ``= (2 mu_p mu_y + C1)(2 cov + C2) / ((mu_p^2 + mu_y^2 + C1)(var_p + var_y + C2))``;
     - ``form="eq9"`` (Eq. 9): ``S = S2 = (2 cov + C2) / (var_p + var_y + C2)``, the contrast-structure term,
 
     with ``C1 = 0.01^2``, ``C2 = 0.03^2``. Gradients flow through the
@@ -103,21 +106,16 @@ class SSIMLoss(nn.Module):
         return bce_sum, ssim_sum
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with autocast_off(logits.device.type):
-            x, target, valid = prepare(logits, target, self.ignore_index)
-            if not bool(valid.any()):
-                return zero_with_graph(x)
-            with_grad = torch.is_grad_enabled() and x.requires_grad
-            bce_sum, ssim_sum, count, grad = self._sums(x, target, valid, with_grad)
-            value = (self.lam * bce_sum + (1.0 - self.lam) * ssim_sum) / count
-            return attach_grad(x, value, grad) if with_grad else value
+        return eager_forward(self._value_and_grad, logits, target, self.ignore_index)
 
-    @torch.no_grad()
+    def _value_and_grad(self, x, target, valid, with_grad: bool):
+        bce_sum, ssim_sum, count, grad = self._sums(x, target, valid, with_grad)
+        return (self.lam * bce_sum + (1.0 - self.lam) * ssim_sum) / count, grad
+
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"bce": BCE, "ssim": L_ssim}``, the two means before ``lam`` (0 when no pixel is valid)."""
-        with autocast_off(logits.device.type):
-            x, target, valid = prepare(logits, target, self.ignore_index)
-            if not bool(valid.any()):
-                return {"bce": x.new_zeros(()), "ssim": x.new_zeros(())}
-            bce_sum, ssim_sum, count, _ = self._sums(x, target, valid, with_grad=False)
-            return {"bce": bce_sum / count, "ssim": ssim_sum / count}
+        return eager_terms(self._terms, logits, target, self.ignore_index, ("bce", "ssim"))
+
+    def _terms(self, x, target, valid):
+        bce_sum, ssim_sum, count, _ = self._sums(x, target, valid, with_grad=False)
+        return bce_sum / count, ssim_sum / count

@@ -4,14 +4,16 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ._functional import autocast_off, check_window, prepare, zero_with_graph
+from ._functional import autocast_off, check_window, prepare
 from ._window import (
-    LocalStats, attach_grad, center_weight, channels_last_chunk, check_sigma, class_chunks, log_q, normalized_parts,
-    one_hot_chunk,
+    LocalStats, center_weight, channels_last_chunk, check_sigma, class_chunks, eager_forward, eager_terms, log_q,
+    normalized_parts, one_hot_chunk,
 )
+
+TERMS = ("bce", "ssl", "hard_fraction", "norm_pred_min", "norm_pred_max", "norm_gt_min", "norm_gt_max",
+         "e_max", "e_mean", "e_median")
 
 
 def _check_fraction(name: str, value, upper_open: bool) -> None:
@@ -96,19 +98,15 @@ class SSLLoss(nn.Module):
             return e
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with autocast_off(logits.device.type):
-            x, target, valid = prepare(logits, target, self.ignore_index)
-            if not bool(valid.any()):
-                return zero_with_graph(x)
-            with torch.no_grad():
-                value, grad = self._value_and_grad(x, target, valid)
-            return attach_grad(x, value, grad)
+        return eager_forward(self._value_and_grad, logits, target, self.ignore_index)
 
-    def _value_and_grad(self, x, target, valid):
+    @torch.no_grad()
+    def _value_and_grad(self, x, target, valid, with_grad: bool):
         """The objective and its gradient w.r.t. ``x`` (``e`` and ``f`` constants), in two passes over
         chunks of classes: the first stores ``e * f`` (``f`` when not reweighting) where the gradient goes
         and counts the hard entries ``M``; the second turns it into the weight
-        ``w = lam / #valid + (1 - lam) e f / M`` of each entry's BCE, then into ``w (sigmoid(x) - y)``."""
+        ``w = lam / #valid + (1 - lam) e f / M`` of each entry's BCE, then into ``w (sigmoid(x) - y)``
+        (computed with or without ``with_grad``: the weights are needed for the value anyway)."""
         stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
         grad = torch.empty_like(x)
         hard = sum(self._hard_weights(x, target, valid, classes, stats, grad[:, classes])
@@ -134,7 +132,6 @@ class SSLLoss(nn.Module):
         weight.mul_(torch.sigmoid(xc).sub_(y))
         return value
 
-    @torch.no_grad()
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Statistics to log (SSL Figs. 3-4), each a scalar over the valid (pixel, class) entries.
 
@@ -145,32 +142,29 @@ class SSLLoss(nn.Module):
         the observed maximum, mean and median of ``e`` (Fig. 3; the
         theoretical bound is the attribute ``e_max``). All 0 when no pixel is valid.
         """
-        keys = ("bce", "ssl", "hard_fraction", "norm_pred_min", "norm_pred_max", "norm_gt_min", "norm_gt_max",
-                "e_max", "e_mean", "e_median")
-        with autocast_off(logits.device.type):
-            x, target, valid = prepare(logits, target, self.ignore_index)
-            if not bool(valid.any()):
-                return {k: x.new_zeros(()) for k in keys}
-            stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
-            sums = {k: x.new_zeros(()) for k in ("bce", "ssl", "hard")}
-            extremes, errors = [], []
-            for classes in class_chunks(x.shape[1]):
-                (num_y, den_y), (num_p, den_p) = self._parts(x, target, valid, classes, stats)
-                y_nor, p_nor = num_y.div_(den_y), num_p.div_(den_p)
-                full = valid.unsqueeze(1).expand_as(y_nor)
-                bce = -log_q(x[:, classes], one_hot_chunk(target, valid, classes, x.dtype))[full]
-                extremes.append(torch.stack([v for t in (p_nor, y_nor) for v in t[full].aminmax()]))
-                e = y_nor.sub_(p_nor).abs_()[full]
-                f = self._hard(e, e.new_ones((), dtype=torch.bool))
-                sums["bce"] += bce.sum()
-                sums["hard"] += f.sum()
-                sums["ssl"] += (bce * e if self.reweight else bce).mul_(f).sum()
-                errors.append(e)
-            extremes = torch.stack(extremes)
-            errors = torch.cat(errors)
-            count = errors.numel()
-            return dict(zip(keys, (
-                sums["bce"] / count, sums["ssl"] / sums["hard"].clamp(min=1), sums["hard"] / count,
-                extremes[:, 0].min(), extremes[:, 1].max(), extremes[:, 2].min(), extremes[:, 3].max(),
-                errors.max(), errors.mean(), errors.median(),
-            )))
+        return eager_terms(self._terms, logits, target, self.ignore_index, TERMS)
+
+    def _terms(self, x, target, valid):
+        stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
+        sums = {k: x.new_zeros(()) for k in ("bce", "ssl", "hard")}
+        extremes, errors = [], []
+        for classes in class_chunks(x.shape[1]):
+            (num_y, den_y), (num_p, den_p) = self._parts(x, target, valid, classes, stats)
+            y_nor, p_nor = num_y.div_(den_y), num_p.div_(den_p)
+            full = valid.unsqueeze(1).expand_as(y_nor)
+            bce = -log_q(x[:, classes], one_hot_chunk(target, valid, classes, x.dtype))[full]
+            extremes.append(torch.stack([v for t in (p_nor, y_nor) for v in t[full].aminmax()]))
+            e = y_nor.sub_(p_nor).abs_()[full]
+            f = self._hard(e, e.new_ones((), dtype=torch.bool))
+            sums["bce"] += bce.sum()
+            sums["hard"] += f.sum()
+            sums["ssl"] += (bce * e if self.reweight else bce).mul_(f).sum()
+            errors.append(e)
+        extremes = torch.stack(extremes)
+        errors = torch.cat(errors)
+        count = errors.numel()
+        return (
+            sums["bce"] / count, sums["ssl"] / sums["hard"].clamp(min=1), sums["hard"] / count,
+            extremes[:, 0].min(), extremes[:, 1].max(), extremes[:, 2].min(), extremes[:, 3].max(),
+            errors.max(), errors.mean(), errors.median(),
+        )
