@@ -180,3 +180,23 @@ def test_affinity_loss_is_told_the_training_progress(tiny_cfg, tmp_path, monkeyp
     monkeypatch.setattr(AffinityFieldLoss, "set_progress", lambda self, f: (seen.append(f), set_progress(self, f)))
     run(tiny_cfg("trainer.max_iters=4", "loss=affinity", "trainer.eval_every=0"), tmp_path, [])
     assert seen == [0.0, 0.25, 0.5, 0.75]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["loss=lad", "loss.kernel_size=7"],
+    ["loss=ssl", "loss.region_size=7", "loss.sigma=3.0", "loss.beta=0.12"],
+    ["loss=ssim", "loss.form=eq9"],
+    ["loss=affinity"],
+    ["loss=center"],
+    ["loss=focal"],
+])
+def test_every_loss_trains_from_the_command_line_overrides(tiny_cfg, tmp_path, overrides):
+    final = run(tiny_cfg("trainer.max_iters=2", "trainer.eval_every=0", *overrides), tmp_path, overrides)
+    assert 0.0 <= final["miou"] <= 1.0
+    state = load_checkpoint(tmp_path / "checkpoints" / "step_0000002.pt")
+    target = state["config"]["loss"]["_target_"].rsplit(".", 1)[1]
+    assert target == {"lad": "LADLoss", "ssl": "SSLLoss", "ssim": "SSIMLoss", "affinity": "AffinityFieldLoss",
+                      "center": "CenterLoss", "focal": "FocalLoss"}[overrides[0].split("=")[1]]
+    for override in overrides[1:]:
+        key, value = override.split("=")
+        assert str(state["config"]["loss"][key.split(".")[1]]) == value

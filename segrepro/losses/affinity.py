@@ -150,20 +150,34 @@ class AffinityFieldLoss(nn.Module):
     def _dense_chunk(self, p, classes, mask, pairs, scale, grad):
         """Dense ``sum KL`` over all entries of one chunk of classes (channels-last, float64); writes
         ``scale * d sum / d p`` into ``grad`` (a view) unless it is None."""
-        pc = channels_last_chunk(p, classes)
-        big_p, big_q = pc.clamp(EPS, 1.0), torch.rsub(pc, 1.0).clamp_(EPS, 1.0)
+        # In-place steps, and P and Q clipped again for the gradient rather than kept, hold at most 7 chunk-sized
+        # maps at once (a float64 sum copies its input).
+        big_p = channels_last_chunk(p, classes)
+        big_q = torch.rsub(big_p, 1.0).clamp_(EPS, 1.0)
+        big_p.clamp_(EPS, 1.0)
         log_p, log_q = big_p.log(), big_q.log()
-        ring_p, ring_q = self._ring(big_p * mask), self._ring(big_q * mask)
         total = (big_p * log_p).addcmul_(big_q, log_q).mul_(pairs).sum(dtype=torch.float64)
+        ring_p, ring_q = self._ring(big_p.mul_(mask)), self._ring(big_q.mul_(mask))
+        del big_p, big_q
         total -= (log_p * ring_p).addcmul_(log_q, ring_q).mul_(mask).sum(dtype=torch.float64)
         if grad is None:
             return total
-        # d / dP = n (log P + 1) - v R(vP) / P - v R(v log P), likewise for Q; then through the clipping.
-        d_p = (log_p + 1.0).mul_(pairs).addcdiv_(ring_p, big_p, value=-1).sub_(self._ring(log_p.mul_(mask)))
-        d_q = (log_q + 1.0).mul_(pairs).addcdiv_(ring_q, big_q, value=-1).sub_(self._ring(log_q.mul_(mask)))
-        d_p.mul_(pc >= EPS).sub_(d_q.mul_(pc <= 1.0 - EPS)).mul_(mask)
-        grad.copy_(d_p.mul_(scale))
+        # d / dP = n (log P + 1) - v R(vP) / P - v R(v log P), likewise for Q (n is 0 where v is, so
+        # log P may be masked first); then through the clipping (derivative 0 where it is active).
+        pc = channels_last_chunk(p, classes)
+        d_p = self._grad_part(pc.clamp(EPS, 1.0), log_p, ring_p, mask, pairs).masked_fill_(pc < EPS, 0.0)
+        del log_p, ring_p
+        d_q = self._grad_part(torch.rsub(pc, 1.0).clamp_(EPS, 1.0), log_q, ring_q, mask, pairs).masked_fill_(pc > 1.0 - EPS, 0.0)
+        del log_q, ring_q, pc
+        grad.copy_(d_p.sub_(d_q).mul_(mask).mul_(scale))
         return total
+
+    def _grad_part(self, big, log, ring, mask, pairs):
+        """``n (log B + 1) - v R(vB) / B - v R(v log B)`` for ``B`` = P or Q, overwriting ``log`` and ``ring``."""
+        ring.div_(big)
+        log.mul_(mask)
+        ring_log = self._ring(log)
+        return log.add_(1.0).mul_(pairs).sub_(ring).sub_(ring_log)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return eager_forward(self._value_and_grad, logits, target, self.ignore_index)
