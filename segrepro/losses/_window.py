@@ -71,19 +71,6 @@ class LocalStats:
         self.mask = valid.unsqueeze(1).to(dtype)
         weight_sum = self.window_sum(self.mask)
         self.inv = torch.where(valid.unsqueeze(1), 1.0 / weight_sum.clamp(min=torch.finfo(dtype).tiny), 0.0)
-        self._wide = {}
-
-    def wide(self, name: str, v: torch.Tensor) -> torch.Tensor:
-        """``self.mask`` or ``self.inv`` to multiply ``v [N, k, H, W]`` by: for a full chunk of channels-last
-        maps, a cached channels-last copy repeated over the ``k`` channels (a product broadcast over the
-        channels of a channels-last map is several times slower); else the ``[N, 1, H, W]`` map itself."""
-        t = getattr(self, name)
-        k = v.shape[1]
-        if k != CLASS_CHUNK or not v.is_contiguous(memory_format=torch.channels_last):
-            return t
-        if name not in self._wide:
-            self._wide[name] = t.expand(-1, k, -1, -1).contiguous(memory_format=torch.channels_last)
-        return self._wide[name]
 
     def window_sum(self, v: torch.Tensor) -> torch.Tensor:
         k = v.shape[1]
@@ -91,7 +78,7 @@ class LocalStats:
         return F.conv2d(v, weight, padding=self.size // 2, groups=k)
 
     def mean(self, v: torch.Tensor) -> torch.Tensor:
-        return self.window_sum(v).mul_(self.wide("inv", v))
+        return self.window_sum(v).mul_(self.inv)
 
 
 def normalized_parts(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool):

@@ -162,13 +162,14 @@ class AffinityFieldLoss(nn.Module):
         total -= (log_p * ring_p).addcmul_(log_q, ring_q).mul_(mask).sum(dtype=torch.float64)
         if grad is None:
             return total
-        # d / dP = n (log P + 1) - v R(vP) / P - v R(v log P), likewise for Q (n is 0 where v is, so
+        # d / dP = n (log P + 1) - v R(vP) / P - v R(v log P), likewise for Q (n is 0 wherever v is, so
         # log P may be masked first); then through the clipping (derivative 0 where it is active).
         pc = channels_last_chunk(p, classes)
         d_p = self._grad_part(pc.clamp(EPS, 1.0), log_p, ring_p, mask, pairs).masked_fill_(pc < EPS, 0.0)
         del log_p, ring_p
-        d_q = self._grad_part(torch.rsub(pc, 1.0).clamp_(EPS, 1.0), log_q, ring_q, mask, pairs).masked_fill_(pc > 1.0 - EPS, 0.0)
-        del log_q, ring_q, pc
+        big_q = torch.rsub(pc, 1.0).clamp_(EPS, 1.0)
+        d_q = self._grad_part(big_q, log_q, ring_q, mask, pairs).masked_fill_(pc > 1.0 - EPS, 0.0)
+        del big_q, log_q, ring_q, pc
         grad.copy_(d_p.sub_(d_q).mul_(mask).mul_(scale))
         return total
 

@@ -66,7 +66,7 @@ class SSIMLoss(nn.Module):
         y = one_hot_chunk(target, valid, classes, x.dtype, channels_last=True)
         pm = channels_last_chunk(x, classes)
         bce_sum = -torch.dot(log_q(pm, y).sum(1).flatten(), stats.mask.flatten())
-        pm.sigmoid_().mul_(stats.wide("mask", pm))
+        pm.sigmoid_().mul_(stats.mask)
         mu_y, m1, b2, s2 = stats.mean(y), stats.mean(pm), stats.mean(pm * pm), stats.mean(pm * y)
         # B2 = var_p + var_y + C2 with var_y = mu_y - mu_y^2 for a binary map (SSL Eq. 16); S2 = A2 / B2.
         b2.addcmul_(m1, m1, value=-1).add_(mu_y).addcmul_(mu_y, mu_y, value=-1).add_(C2)
@@ -84,10 +84,10 @@ class SSIMLoss(nn.Module):
         # dS/d mean(p y) = 2 S1 / B2, dS/d mean(p^2) = -S / B2, dS/d mean(p) = 2 g1 below; the objective
         # has -(1 - lam) / count times these, and d mean(v)_i / d v_j = window weight * inv_i.
         # The adjoint of a local mean divides by the window's weight sum first: fold that (inv) in here.
-        r2 = b2.reciprocal_().mul_(stats.wide("inv", b2))
+        r2 = b2.reciprocal_().mul_(stats.inv)
         g1 = (m1 * s2).sub_(mu_y)
         if self.form == "eq7":
-            dmu_s1 = mu_y.sub_(m1.mul_(s1)).mul_(s2).div_(b1).mul_(stats.wide("inv", b1))  # (dS1 / d mean p) S2 / 2
+            dmu_s1 = mu_y.sub_(m1.mul_(s1)).mul_(s2).div_(b1).mul_(stats.inv)  # (dS1 / d mean p) S2 / 2
             del b1
             g12 = s1.mul_(r2)
             g1.mul_(g12).add_(dmu_s1)

@@ -74,8 +74,7 @@ class SSLLoss(nn.Module):
         """``((num_y, den_y), (num_p, den_p))``: ``y_nor`` and ``p_nor`` of Eq. 10 as ``num / den`` for the
         classes ``classes`` (channels-last, no gradient); both are 1 at ignored pixels."""
         y = one_hot_chunk(target, valid, classes, x.dtype, channels_last=True)
-        p = channels_last_chunk(x, classes).sigmoid_()
-        p.mul_(stats.wide("mask", p))
+        p = channels_last_chunk(x, classes).sigmoid_().mul_(stats.mask)
         return normalized_parts(y, stats, self.c4, binary=True), normalized_parts(p, stats, self.c4, binary=False)
 
     def _error(self, x, target, valid, classes, stats) -> torch.Tensor:
@@ -122,11 +121,9 @@ class SSLLoss(nn.Module):
         """First pass, one chunk: ``out = e * f`` (or ``f``); returns ``sum(f)``."""
         e = self._error(x, target, valid, classes, stats)
         f = self._hard(e, valid.unsqueeze(1))
-        if self.reweight:
-            torch.where(f, e, e.new_zeros(()), out=out)
-        else:
-            out.copy_(f)
-        return torch.count_nonzero(f)
+        hard = torch.count_nonzero(f)
+        out.copy_(e.masked_fill_(~f, 0.0) if self.reweight else f)
+        return hard
 
     def _weighted_bce(self, x, target, valid, classes, weight, hard_scale, bce_scale) -> torch.Tensor:
         """Second pass, one chunk: ``weight`` (holding ``e * f``) becomes the gradient; returns ``sum(w * bce)``."""
