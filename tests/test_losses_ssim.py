@@ -1,7 +1,6 @@
 """SSIMLoss (SSL paper Eqs. 7 and 9) against a direct, loop-based reading of the spec."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import hydra
@@ -13,27 +12,10 @@ from omegaconf import OmegaConf
 import segrepro.losses._window as window
 from segrepro.losses import SSIMLoss
 
-IGNORE = 255
+from .window_reference import IGNORE, sample, window_weights
+
 C1, C2 = 0.01**2, 0.03**2
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "loss" / "ssim.yaml"
-
-
-def sample(n=2, c=3, size=7, seed=0):
-    """float64 logits and labels with ignored pixels, two of them on the border."""
-    g = torch.Generator().manual_seed(seed)
-    logits = 1.5 * torch.randn(n, c, size, size, generator=g, dtype=torch.float64)
-    target = torch.randint(0, c, (n, size, size), generator=g)
-    target[torch.rand(n, size, size, generator=g) < 0.15] = IGNORE
-    target[0, 0, 0] = target[1, size - 1, 3] = IGNORE
-    return logits, target
-
-
-def window_weights(size, sigma):
-    r = size // 2
-    w = {(a, b): 1.0 if sigma is None else math.exp(-(a * a + b * b) / (2 * sigma * sigma))
-         for a in range(-r, r + 1) for b in range(-r, r + 1)}
-    total = sum(w.values())
-    return {k: v / total for k, v in w.items()}
 
 
 def reference(logits, target, size=3, sigma=1.5, form="eq7", lam=0.5):

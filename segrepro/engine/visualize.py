@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torchvision.utils import make_grid
 
+from ..data.voc import colour_map
+
 IGNORE_COLOR = (255, 255, 255)
 
 
@@ -16,24 +18,9 @@ def colorize(labels: torch.Tensor, palette, ignore_index: int = 255) -> torch.Te
     return table[labels.long().clamp(0, 255)].permute(0, 3, 1, 2)
 
 
-def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """The Pascal VOC colour map (bit-interleaved), for datasets that define none."""
-    colors = []
-    for i in range(num_classes):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colors.append((r, g, b))
-    return colors
-
-
 def label_grid(images, labels, pred, palette, data_cfg) -> dict[str, torch.Tensor]:
     """Grids for ``add_image``: the de-normalized inputs, the ground truth and the prediction."""
-    palette = palette or default_palette(data_cfg.num_classes)
+    palette = palette or colour_map(data_cfg.num_classes)  # datasets without a palette get VOC's colours
     mean = torch.tensor(list(data_cfg.mean)).view(1, 3, 1, 1)
     std = torch.tensor(list(data_cfg.std)).view(1, 3, 1, 1)
     rgb = (images.float() * std + mean).clamp(0, 1)
