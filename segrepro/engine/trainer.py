@@ -71,6 +71,8 @@ class Trainer:
 
         model = build_model(cfg.model, cfg.data.num_classes)
         if tcfg.sync_bn and dist_info.distributed:
+            if self.device.type != "cuda":
+                raise ValueError("trainer.sync_bn=true needs GPUs: SyncBatchNorm has no CPU kernel")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if tcfg.freeze_bn:
             freeze_batchnorm(model)
