@@ -150,7 +150,6 @@ def model_step_seconds(n, num_classes, size, device, repeats) -> float:
         F.cross_entropy(logits, target).backward()
     step()
     seconds = statistics.median(timed(step, device) for _ in range(repeats))
-    del model
     return seconds
 
 
@@ -164,6 +163,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model-repeats", type=int, default=3, help="timed DeepLabV3-R101 steps")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 2 repeats")
+    parser.add_argument("--only", metavar="TEXT", help="only the losses whose label contains TEXT (e.g. SSL)")
+    parser.add_argument("--no-model", action="store_true", help="skip the DeepLabV3-ResNet-101 step (no shares)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,6 +190,8 @@ def main(argv=None) -> int:
     for name, kwargs in variants():
         kwargs = arguments(name, kwargs, args.c)
         label = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        if args.only and args.only not in label:
+            continue
         if not hasattr(losses, name):
             rows.append(f"| {label} | not in segrepro.losses | | | | |")
             continue
@@ -208,12 +211,13 @@ def main(argv=None) -> int:
     print(f"Losses, forward + backward: device {device}, N={n}, C={args.c}, H=W={size}, "
           f"{repeats} runs after 1 warm-up (median), torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads.")
+    model_seconds = float("nan")
     try:
-        model_seconds = model_step_seconds(n, args.c, size, device, model_repeats)
-        print(f"DeepLabV3-ResNet-101 forward + CE + backward step: {1e3 * model_seconds:.1f} ms "
-              f"(median of {model_repeats}; input padded to {padded}x{padded}).")
+        if not args.no_model:
+            model_seconds = model_step_seconds(n, args.c, size, device, model_repeats)
+            print(f"DeepLabV3-ResNet-101 forward + CE + backward step: {1e3 * model_seconds:.1f} ms "
+                  f"(median of {model_repeats}; input padded to {padded}x{padded}).")
     except torch.OutOfMemoryError:
-        model_seconds = float("nan")
         print(f"DeepLabV3-ResNet-101 step: out of memory at N={n}, {padded}x{padded}; no shares.")
     print("Extra peak memory counts the logits' gradient (1x); CenterLoss also its "
           f"[N, {FEATURE_DIM}, H/{FEATURE_STRIDE}, W/{FEATURE_STRIDE}] features' gradient.\n")

@@ -229,6 +229,21 @@ def test_half_precision_and_autocast_compute_in_float32():
     assert reference.item() == pytest.approx(loss(logits, target).item(), rel=1e-3)
 
 
+@pytest.mark.parametrize("size,sigma", [(3, 1.5), (7, None), (11, 2.0)])
+def test_float32_error_map_matches_float64_on_flat_regions(size, sigma):
+    """Where a window holds one label, y's local variance is exactly 0 in float32 too: a mean taken as
+    ``sum * (1 / weight sum)`` lands an ulp below 1 and turns y_nor from 1 into about 0.98."""
+    g = torch.Generator().manual_seed(1)
+    target = torch.zeros(2, 24, 24, dtype=torch.long)
+    target[:, 8:, :12] = 1
+    target[:, 14:, 10:] = 2
+    target[0, :3, 5:9] = IGNORE
+    logits = torch.randn(2, 3, 24, 24, generator=g, dtype=torch.float64)
+    loss = SSLLoss(region_size=size, sigma=sigma)
+    torch.testing.assert_close(loss.error_map(logits.float(), target), loss.error_map(logits, target).float(),
+                               rtol=0, atol=1e-4)
+
+
 def test_config_instantiates_with_ignore_index():
     cfg = OmegaConf.create({"data": {"ignore_index": 255, "num_classes": 3}, "loss": OmegaConf.load(CONFIG)})
     loss = hydra.utils.instantiate(cfg.loss)

@@ -33,19 +33,14 @@ def check_sigma(sigma) -> None:
 
 
 def window_1d(size: int, sigma) -> torch.Tensor:
-    """The normalized 1-D factor of the window (float64): ``exp(-i^2 / (2 sigma^2))`` or uniform."""
+    """The normalized 1-D factor of the window (float64): ``exp(-i^2 / (2 sigma^2))`` or uniform. The
+    ``size x size`` window is its outer product with itself (the circular Gaussian is separable)."""
     if sigma is None:
         g = torch.ones(size, dtype=torch.float64)
     else:
         i = torch.arange(size, dtype=torch.float64) - size // 2
         g = torch.exp(-(i * i) / (2.0 * float(sigma) ** 2))
     return g / g.sum()
-
-
-def window_2d(size: int, sigma, dtype=torch.float64, device=None) -> torch.Tensor:
-    """The ``size x size`` window, unit sum; the circular Gaussian is the outer product of ``window_1d``."""
-    g = window_1d(size, sigma)
-    return torch.outer(g, g).to(dtype=dtype, device=device)
 
 
 def center_weight(size: int, sigma) -> float:
@@ -60,25 +55,30 @@ class LocalStats:
     takes ``v [N, K, H, W]`` that is already zero at ignored pixels and returns
     the weighted local mean of every channel; at ignored centers it is 0 (their
     statistics are never used, and their window may hold no valid pixel).
+    The mean divides by the window's weight sum rather than multiplying by its
+    reciprocal, so a window whose valid pixels all hold the same value has
+    exactly that mean (and a binary map's variance there is exactly 0).
     ``window_sum(v)`` is the plain weighted sum over each full window (zero
-    padding); as the window is symmetric, it is also the transpose of that sum,
-    so the gradient of ``mean`` is ``window_sum(g * inv)``.
+    padding), two depthwise passes with the 1-D factors of the window; as the
+    window is symmetric, it is also the transpose of that sum, so the gradient
+    of ``mean`` is ``window_sum(g * inv)``, ``inv`` the reciprocal weight sum.
     """
 
     def __init__(self, size: int, sigma, valid: torch.Tensor, dtype: torch.dtype):
         self.size = size
-        self.kernel = window_2d(size, sigma, dtype=dtype, device=valid.device)
+        self.factor = window_1d(size, sigma).to(dtype=dtype, device=valid.device)
         self.mask = valid.unsqueeze(1).to(dtype)
-        weight_sum = self.window_sum(self.mask)
-        self.inv = torch.where(valid.unsqueeze(1), 1.0 / weight_sum.clamp(min=torch.finfo(dtype).tiny), 0.0)
+        # Ignored centers divide by infinity: their mean is 0 whatever the window holds.
+        self.weight_sum = self.window_sum(self.mask).masked_fill_(~valid.unsqueeze(1), math.inf)
+        self.inv = self.weight_sum.reciprocal()
 
     def window_sum(self, v: torch.Tensor) -> torch.Tensor:
-        k = v.shape[1]
-        weight = self.kernel.expand(k, 1, self.size, self.size)
-        return F.conv2d(v, weight, padding=self.size // 2, groups=k)
+        k, r = v.shape[1], self.size // 2
+        rows = F.conv2d(v, self.factor.view(1, 1, 1, -1).expand(k, 1, 1, self.size), padding=(0, r), groups=k)
+        return F.conv2d(rows, self.factor.view(1, 1, -1, 1).expand(k, 1, self.size, 1), padding=(r, 0), groups=k)
 
     def mean(self, v: torch.Tensor) -> torch.Tensor:
-        return self.window_sum(v).mul_(self.inv)
+        return self.window_sum(v).div_(self.weight_sum)
 
 
 def normalized_parts(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool):
