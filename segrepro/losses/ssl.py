@@ -111,23 +111,29 @@ class SSLLoss(nn.Module):
         grad = torch.empty_like(x)
         hard = sum(self._hard_weights(x, target, valid, classes, stats, grad[:, classes])
                    for classes in class_chunks(x.shape[1]))
+        if not self.ohem:
+            hard = valid.sum() * x.shape[1]
         hard_scale = (1.0 - self.lam) / max(int(hard), 1)
         bce_scale = self.lam / (int(valid.sum()) * x.shape[1])
-        value = sum(self._weighted_bce(x, target, valid, classes, grad[:, classes], hard_scale, bce_scale)
+        value = sum(self._weighted_bce(x, target, valid, classes, stats, grad[:, classes], hard_scale, bce_scale)
                     for classes in class_chunks(x.shape[1]))
         return value, grad
 
     def _hard_weights(self, x, target, valid, classes, stats, out) -> torch.Tensor:
-        """First pass, one chunk: ``out = e * f`` (or ``f``); returns ``sum(f)``."""
+        """First pass, one chunk: ``out = e * f`` (or ``f``); returns ``sum(f)`` (0 with ``ohem=False``,
+        where the caller counts the valid entries)."""
         e = self._error(x, target, valid, classes, stats)
-        f = self._hard(e, valid.unsqueeze(1))
-        hard = torch.count_nonzero(f)
-        out.copy_(e.masked_fill_(~f, 0.0) if self.reweight else f)
-        return hard
+        if not self.ohem:
+            out.copy_(e if self.reweight else stats.mask.expand_as(e))
+            return 0
+        # e f in one step: entries above beta e_max keep e, the rest become 0 (e is 0 at ignored pixels).
+        ef = torch.threshold(e, self.beta * self.e_max, 0.0)
+        out.copy_(ef if self.reweight else ef > 0)
+        return torch.count_nonzero(ef)
 
-    def _weighted_bce(self, x, target, valid, classes, weight, hard_scale, bce_scale) -> torch.Tensor:
+    def _weighted_bce(self, x, target, valid, classes, stats, weight, hard_scale, bce_scale) -> torch.Tensor:
         """Second pass, one chunk: ``weight`` (holding ``e * f``) becomes the gradient; returns ``sum(w * bce)``."""
-        weight.mul_(hard_scale).add_(valid.unsqueeze(1).to(x.dtype), alpha=bce_scale)
+        weight.mul_(hard_scale).add_(stats.mask, alpha=bce_scale)
         xc, y = x[:, classes], one_hot_chunk(target, valid, classes, x.dtype)
         value = -log_q(xc, y).mul_(weight).sum()
         weight.mul_(torch.sigmoid(xc).sub_(y))
