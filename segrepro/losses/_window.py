@@ -74,6 +74,7 @@ class LocalStats:
         # Ignored centers divide by infinity: their mean is 0 whatever the window holds.
         self.weight_sum = self.window_sum(self.mask).masked_fill_(~valid.unsqueeze(1), math.inf)
         self.inv = self.weight_sum.reciprocal()
+        self._repeated = {}
 
     def window_sum(self, v: torch.Tensor) -> torch.Tensor:
         k, r = v.shape[1], self.size // 2
@@ -84,7 +85,15 @@ class LocalStats:
         return F.conv2d(rows, self.factor.view(1, 1, -1, 1).expand(k, 1, self.size, 1), padding=(r, 0), groups=k)
 
     def mean(self, v: torch.Tensor) -> torch.Tensor:
-        return self.window_sum(v).div_(self.weight_sum)
+        return self.window_sum(v).div_(self._weight_sum_like(v))
+
+    def _weight_sum_like(self, v: torch.Tensor) -> torch.Tensor:
+        """The weight sum repeated over ``v``'s channels in ``v``'s layout, kept per channel count: dividing
+        a channels-last map by it is several times faster on CPU than broadcasting one channel."""
+        k = v.shape[1]
+        if k not in self._repeated:
+            self._repeated[k] = self.weight_sum.expand_as(v).clone(memory_format=torch.channels_last)
+        return self._repeated[k]
 
 
 def normalized_parts(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool):
