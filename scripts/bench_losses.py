@@ -1,7 +1,7 @@
 """Time and memory of every loss in :mod:`segrepro.losses` against cross entropy.
 
     python scripts/bench_losses.py [--device cpu|cuda] [--n N --c C --size S --repeats R]
-                                   [--threads T] [--quick]
+                                   [--threads T] [--quick] [--only TEXT] [--no-model]
 
 For each loss: forward + backward on the same logits as CE, with label maps
 drawn from the synthetic dataset (its 6 classes remapped per image onto a few
@@ -25,6 +25,7 @@ of the ``C`` classes, its ignore bands kept). Printed as a Markdown table:
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -228,8 +229,8 @@ def main(argv=None) -> int:
             print(row)
             continue
         label, seconds, ce_seconds, ratio, memory = row
-        print(f"| {label} | {1e3 * seconds:.1f} | {1e3 * ce_seconds:.1f} | {ratio:.2f} "
-              f"| {100 * seconds / model_seconds:.2f}% | {memory:.2f} |")
+        share = "n/a" if math.isnan(model_seconds) else f"{100 * seconds / model_seconds:.2f}%"
+        print(f"| {label} | {1e3 * seconds:.1f} | {1e3 * ce_seconds:.1f} | {ratio:.2f} | {share} | {memory:.2f} |")
     return 0
 
 
