@@ -13,7 +13,7 @@ from segrepro.engine.trainer import NonFiniteLossError, Trainer
 from segrepro.models import SegmentationNet
 from segrepro.train import run
 
-from .conftest import REPO, TINY
+from .conftest import TINY
 
 
 def test_three_iterations_write_checkpoint_tensorboard_and_metrics(tiny_cfg, tmp_path):
