@@ -111,8 +111,6 @@ class SSLLoss(nn.Module):
         grad = torch.empty_like(x)
         hard = sum(self._hard_weights(x, target, valid, classes, stats, grad[:, classes])
                    for classes in class_chunks(x.shape[1]))
-        if not self.ohem:
-            hard = valid.sum() * x.shape[1]
         hard_scale = (1.0 - self.lam) / max(int(hard), 1)
         bce_scale = self.lam / (int(valid.sum()) * x.shape[1])
         value = sum(self._weighted_bce(x, target, valid, classes, stats, grad[:, classes], hard_scale, bce_scale)
@@ -120,12 +118,11 @@ class SSLLoss(nn.Module):
         return value, grad
 
     def _hard_weights(self, x, target, valid, classes, stats, out) -> torch.Tensor:
-        """First pass, one chunk: ``out = e * f`` (or ``f``); returns ``sum(f)`` (0 with ``ohem=False``,
-        where the caller counts the valid entries)."""
+        """First pass, one chunk: ``out = e * f`` (or ``f``); returns ``sum(f)``."""
         e = self._error(x, target, valid, classes, stats)
-        if not self.ohem:
+        if not self.ohem:  # f is the valid mask
             out.copy_(e if self.reweight else stats.mask.expand_as(e))
-            return 0
+            return valid.sum() * e.shape[1]
         # e f in one step: entries above beta e_max keep e, the rest become 0 (e is 0 at ignored pixels).
         ef = torch.nn.functional.threshold_(e, self.beta * self.e_max, 0.0)
         f = ef > 0
