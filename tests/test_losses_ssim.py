@@ -12,7 +12,9 @@ from omegaconf import OmegaConf
 import segrepro.losses._window as window
 from segrepro.losses import SSIMLoss
 
-from .window_reference import IGNORE, sample, window_weights
+from .window_reference import (
+    IGNORE, assert_absent_shortcut_is_exact, sample, sample_with_absent_classes, value_and_grad, window_weights,
+)
 
 C1, C2 = 0.01**2, 0.03**2
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "loss" / "ssim.yaml"
@@ -68,6 +70,30 @@ def test_gradcheck_across_class_chunks(form, monkeypatch):
     logits, target = sample(size=5, seed=1)
     loss = SSIMLoss(form=form, lam=0.3)
     assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits.requires_grad_(),), fast_mode=True)
+
+
+@pytest.mark.parametrize("form", ["eq7", "eq9"])
+def test_classes_absent_from_the_batch_match_loop_reference(form, monkeypatch):
+    """Absent classes skip the statistics of their (zero) one-hot map: same value and gradient."""
+    monkeypatch.setattr(window, "CLASS_CHUNK", 2)
+    logits, target = sample_with_absent_classes(seed=2)
+    x = logits.clone().requires_grad_()
+    value = SSIMLoss(form=form, lam=0.3)(x, target)
+    (grad,) = torch.autograd.grad(value, x)
+    x_ref = logits.clone().requires_grad_()
+    expected = reference(x_ref, target, form=form, lam=0.3)
+    (grad_ref,) = torch.autograd.grad(expected, x_ref)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", ["eq7", "eq9"])
+def test_absent_class_shortcut_is_bitwise_the_general_path(form, monkeypatch):
+    import segrepro.losses.ssim as ssim_module
+
+    logits, target = sample_with_absent_classes(seed=5)
+    logits, loss = logits.float(), SSIMLoss(form=form)
+    assert_absent_shortcut_is_exact(monkeypatch, ssim_module, lambda: value_and_grad(loss, logits, target))
 
 
 def test_terms_are_the_two_means():

@@ -13,7 +13,9 @@ from omegaconf import OmegaConf
 import segrepro.losses._window as window
 from segrepro.losses import SSLLoss
 
-from .window_reference import IGNORE, sample, window_weights
+from .window_reference import (
+    IGNORE, assert_absent_shortcut_is_exact, sample, sample_with_absent_classes, value_and_grad, window_weights,
+)
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "loss" / "ssl.yaml"
 
@@ -89,6 +91,55 @@ def test_value_and_gradient_match_reference(ohem, reweight, chunk, monkeypatch):
     (grad_ref,) = torch.autograd.grad(expected, x_ref)
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("c4", [0.01, 0.5])
+def test_classes_absent_from_the_batch_match_reference(c4, monkeypatch):
+    """Absent classes skip their one-hot statistics (y_nor is a known constant): same e, value and gradient."""
+    monkeypatch.setattr(window, "CLASS_CHUNK", 2)  # present and absent classes in several chunks
+    logits, target = sample_with_absent_classes(seed=3)
+    loss = SSLLoss(beta=0.3, lam=0.3, c4=c4)
+    torch.testing.assert_close(loss.error_map(logits, target), reference_e(logits, target, c4=c4),
+                               rtol=1e-12, atol=1e-12)
+    x = logits.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(value := loss(x, target), x)
+    x_ref = logits.clone().requires_grad_()
+    expected, _ = reference_loss(x_ref, target, beta=0.3, lam=0.3, c4=c4)
+    (grad_ref,) = torch.autograd.grad(expected, x_ref)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("c4", [0.01, 0.0])
+def test_absent_class_shortcut_is_bitwise_the_general_path(c4, monkeypatch):
+    import segrepro.losses.ssl as ssl_module
+
+    logits, target = sample_with_absent_classes(seed=4)
+    logits, loss = logits.float(), SSLLoss(c4=c4)
+    assert_absent_shortcut_is_exact(
+        monkeypatch, ssl_module, lambda: (loss.error_map(logits, target), *value_and_grad(loss, logits, target)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c4", [0.01, 1e-30, 0.0])
+def test_normalized_zero_is_what_a_map_of_zeros_normalizes_to(c4, dtype):
+    valid = torch.ones(1, 6, 6, dtype=torch.bool)
+    valid[0, 2, 3] = False
+    stats = window.LocalStats(3, 1.5, valid, dtype)
+    num, den = window.normalized_parts(torch.zeros(1, 2, 6, 6, dtype=dtype), stats, c4, binary=True)
+    assert torch.equal(num / den, torch.full_like(num, window.normalized_zero(c4)))
+
+
+def test_present_first_orders_labels_and_chunks(monkeypatch):
+    monkeypatch.setattr(window, "CLASS_CHUNK", 2)
+    target = torch.tensor([[[4, 1, IGNORE], [5, 1, 4]]])
+    order = window.PresentFirst(target, target != IGNORE, 6)
+    assert [(c.classes, c.present) for c in order.chunks] == [([1, 4], True), ([5], True), ([0, 2], False),
+                                                             ([3], False)]
+    assert order.labels[target != IGNORE].tolist() == [1, 0, 2, 0, 1]
+    for chunk in order.chunks:  # each chunk's positions hold its classes
+        for position, cls in zip(range(chunk.positions.start, chunk.positions.stop), chunk.classes):
+            assert torch.equal(order.labels == position, target == cls)
 
 
 def test_hard_mask_selects_some_entries_and_terms_match():

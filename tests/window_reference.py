@@ -25,3 +25,33 @@ def window_weights(size, sigma):
          for a in range(-r, r + 1) for b in range(-r, r + 1)}
     total = sum(w.values())
     return {k: v / total for k, v in w.items()}
+
+
+def sample_with_absent_classes(seed=0):
+    """Like :func:`sample` with 6 classes of which only 1 and 4 are present: absent classes come both
+    before and between the present ones."""
+    logits, target = sample(c=6, seed=seed)
+    labels = target.clone()
+    labels[target != IGNORE] = torch.where(target[target != IGNORE] % 2 == 0, 1, 4)
+    return logits, labels
+
+
+def value_and_grad(loss, logits, target):
+    x = logits.clone().requires_grad_()
+    value = loss(x, target)
+    return value, torch.autograd.grad(value, x)[0]
+
+
+def assert_absent_shortcut_is_exact(monkeypatch, module, run):
+    """``run()`` gives the same tensors, bit for bit, when ``module``'s :class:`PresentFirst` treats every
+    class as present (the general path, which computes the statistics of the absent classes' zero maps)."""
+    fast = run()
+    original = module.PresentFirst
+
+    def every_class_present(target, valid, num_classes):
+        order = original(target, valid, num_classes)
+        order.chunks = [chunk._replace(present=True) for chunk in order.chunks]
+        return order
+    monkeypatch.setattr(module, "PresentFirst", every_class_present)
+    for a, b in zip(fast, run(), strict=True):
+        assert torch.equal(a, b)

@@ -15,6 +15,7 @@ copies for the convolutions, and a forward that attaches the gradient.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -118,9 +119,68 @@ def normalized_parts(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool
         return torch.sub(v, mu, out=mu).add_(c4), den
 
 
-def class_chunks(num_classes: int):
-    """Slices of ``CLASS_CHUNK`` classes covering ``0..num_classes-1``."""
-    return [slice(start, min(start + CLASS_CHUNK, num_classes)) for start in range(0, num_classes, CLASS_CHUNK)]
+def class_chunks(num_classes: int, start: int = 0):
+    """Slices of ``CLASS_CHUNK`` classes covering ``start..num_classes-1``."""
+    return [slice(first, min(first + CLASS_CHUNK, num_classes)) for first in range(start, num_classes, CLASS_CHUNK)]
+
+
+def normalized_zero(c4: float) -> float:
+    """What :func:`normalized_parts` gives everywhere for a map that is 0 in every window (the one-hot map of a
+    class absent from the batch): ``(0 - 0 + c4) / (0 + c4) = 1``, or 0 when ``c4 = 0`` (zero variance)."""
+    return 1.0 if c4 > 0 else 0.0
+
+
+class ClassChunk(NamedTuple):
+    """A chunk of classes: their ``positions`` in the label order the chunk's one-hot maps are built from,
+    their indices in the logits (``classes``), and whether any of them may be present in the batch."""
+
+    positions: slice
+    classes: list
+    present: bool
+
+
+def chunks_in_order(num_classes: int) -> list:
+    """Chunks of the classes in their own order, all treated as present."""
+    return [ClassChunk(s, list(range(s.start, s.stop)), True) for s in class_chunks(num_classes)]
+
+
+class PresentFirst:
+    """The classes reordered so that those present among the batch's valid labels come first.
+
+    The one-hot map of an absent class is 0 everywhere, so its window statistics
+    are known without computing them. ``labels`` are the batch's labels in the
+    new order (ignored pixels: ``num_classes``; callers go by ``valid``) and
+    ``chunks`` never mix present and absent classes; the logits are not
+    reordered (:func:`gather_classes`, :func:`scatter_classes` use the chunk's ``classes``).
+    """
+
+    def __init__(self, target: torch.Tensor, valid: torch.Tensor, num_classes: int):
+        labels = target.masked_fill(~valid, num_classes)  # ignored pixels counted as one more class
+        present = torch.bincount(labels.flatten(), minlength=num_classes + 1)[:num_classes] > 0
+        order = torch.argsort(~present, stable=True)
+        rank = torch.empty(num_classes + 1, dtype=labels.dtype, device=labels.device)
+        rank[order] = torch.arange(num_classes, dtype=labels.dtype, device=labels.device)
+        rank[num_classes] = num_classes
+        self.labels = rank.index_select(0, labels.flatten()).view_as(labels)  # far faster than rank[labels]
+        num_present, order = int(present.sum()), order.tolist()
+        self.chunks = [ClassChunk(s, order[s], True) for s in class_chunks(num_present)] + [
+            ClassChunk(s, order[s], False) for s in class_chunks(num_classes, num_present)]
+
+
+def gather_classes(x: torch.Tensor, classes: list) -> torch.Tensor:
+    """The classes ``classes`` of ``x`` as a new channels-last tensor (depthwise convolutions are far faster
+    on channels-last input); one copy per class, as fast on CPU as copying a slice."""
+    n, _, h, w = x.shape
+    out = torch.empty((n, len(classes), h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    for j, c in enumerate(classes):
+        out[:, j].copy_(x[:, c])
+    return out
+
+
+def scatter_classes(dst: torch.Tensor, classes: list, src: torch.Tensor) -> None:
+    """``dst[:, classes] = src``, one copy per class (``index_copy_`` from channels-last is several times slower)."""
+    for j, c in enumerate(classes):
+        dst[:, c].copy_(src[:, j])
 
 
 def one_hot_chunk(target: torch.Tensor, valid: torch.Tensor, classes: slice, dtype: torch.dtype,
@@ -136,18 +196,12 @@ def one_hot_chunk(target: torch.Tensor, valid: torch.Tensor, classes: slice, dty
     return out.zero_().scatter_(1, index.clamp_(0, k - 1), inside)
 
 
-def channels_last_chunk(x: torch.Tensor, classes: slice) -> torch.Tensor:
-    """The classes ``classes`` of ``x`` as a channels-last copy, always a new tensor (callers overwrite it);
-    depthwise convolutions are far faster on channels-last input."""
-    return x[:, classes].clone(memory_format=torch.channels_last)
-
-
 def log_q(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``log q`` with ``q = sigmoid(x)`` where ``y = 1`` and ``sigmoid(-x)`` where ``y = 0`` (the probability
     given to the target side): minus the per-entry BCE. ``q`` is kept above the dtype's smallest normal
     number, so an entry's BCE saturates at about 87 in float32 (``|x| > 87``); ``F.logsigmoid`` and
-    ``log1p`` are many times slower on CPU."""
-    signed = torch.addcmul(x, x, y, value=-2.0).neg_()  # x (2 y - 1)
+    ``log1p`` are many times slower on CPU. ``y=None`` stands for a map of zeros (an absent class)."""
+    signed = x.neg() if y is None else torch.addcmul(x, x, y, value=-2.0).neg_()  # x (2 y - 1)
     return signed.sigmoid_().clamp_(min=torch.finfo(x.dtype).tiny).log_()
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._functional import check_window
-from ._window import channels_last_chunk, class_chunks, eager_forward, eager_terms
+from ._window import class_chunks, eager_forward, eager_terms, gather_classes
 
 EPS = 1e-4  # clipping of p and 1 - p, as in the official implementation
 
@@ -152,7 +152,7 @@ class AffinityFieldLoss(nn.Module):
         ``scale * d sum / d p`` into ``grad`` (a view) unless it is None."""
         # In-place steps, and P and Q clipped again for the gradient rather than kept, hold at most 7 chunk-sized
         # maps at once (a float64 sum copies its input).
-        big_p = channels_last_chunk(p, classes)
+        big_p = gather_classes(p, range(classes.start, classes.stop))
         big_q = torch.rsub(big_p, 1.0).clamp_(EPS, 1.0)
         big_p.clamp_(EPS, 1.0)
         log_p, log_q = big_p.log(), big_q.log()
@@ -164,7 +164,7 @@ class AffinityFieldLoss(nn.Module):
             return total
         # d / dP = n (log P + 1) - v R(vP) / P - v R(v log P), likewise for Q (n is 0 wherever v is, so
         # log P may be masked first); then through the clipping (derivative 0 where it is active).
-        pc = channels_last_chunk(p, classes)
+        pc = gather_classes(p, range(classes.start, classes.stop))
         d_p = self._grad_part(pc.clamp(EPS, 1.0), log_p, ring_p, mask, pairs).masked_fill_(pc < EPS, 0.0)
         del log_p, ring_p
         big_q = torch.rsub(pc, 1.0).clamp_(EPS, 1.0)

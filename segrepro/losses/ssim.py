@@ -6,7 +6,8 @@ from torch import nn
 
 from ._functional import check_window
 from ._window import (
-    LocalStats, channels_last_chunk, check_sigma, class_chunks, eager_forward, eager_terms, log_q, one_hot_chunk,
+    LocalStats, PresentFirst, check_sigma, eager_forward, eager_terms, gather_classes, log_q, one_hot_chunk,
+    scatter_classes,
 )
 
 C1 = 0.01**2
@@ -30,7 +31,8 @@ class SSIMLoss(nn.Module):
     statistics of ``p``. The value and its gradient are computed together in
     chunks of classes (the gradient of the window statistics is the same
     window applied to the per-center derivatives), so no autograd graph of the
-    statistics is kept.
+    statistics is kept. The classes absent from the batch (one-hot map 0, so
+    ``mu_y = var_y = cov = 0``) skip the statistics that involve ``y``.
     """
 
     def __init__(self, window_size: int = 3, sigma: float | None = 1.5, form: str = "eq7", lam: float = 0.5,
@@ -51,43 +53,59 @@ class SSIMLoss(nn.Module):
     @torch.no_grad()
     def _sums(self, x, target, valid, with_grad: bool):
         """``(sum of BCE, sum of 1 - S, number of valid entries, d objective / d x or None)``."""
+        order = PresentFirst(target, valid, x.shape[1])
         stats = LocalStats(self.window_size, self.sigma, valid, x.dtype)
         count = int(valid.sum()) * x.shape[1]
         grad = torch.empty_like(x) if with_grad else None
         bce_sum = ssim_sum = 0.0
-        for classes in class_chunks(x.shape[1]):
-            bce, ssim = self._chunk(x, target, valid, classes, stats, count, None if grad is None else grad[:, classes])
+        for chunk in order.chunks:
+            y = one_hot_chunk(order.labels, valid, chunk.positions, x.dtype, channels_last=True) if chunk.present \
+                else None
+            bce, ssim, chunk_grad = self._chunk(gather_classes(x, chunk.classes), y, stats, count, with_grad)
             bce_sum, ssim_sum = bce_sum + bce, ssim_sum + ssim
+            if with_grad:
+                scatter_classes(grad, chunk.classes, chunk_grad)
         return bce_sum, ssim_sum, count, grad
 
-    def _chunk(self, x, target, valid, classes, stats, count, grad):
-        """One chunk of classes (channels-last): ``(sum of BCE, sum of 1 - S)``; writes the gradient of the
-        objective into ``grad`` (a view) unless it is None. Temporaries are dropped as soon as possible."""
-        y = one_hot_chunk(target, valid, classes, x.dtype, channels_last=True)
-        pm = channels_last_chunk(x, classes)
+    def _chunk(self, pm, y, stats, count, with_grad):
+        """One chunk of classes: its logits ``pm`` (overwritten) and one-hot map ``y`` (channels-last; None
+        for classes absent from the batch) to ``(sum of BCE, sum of 1 - S, d objective / d logits or None)``.
+        Temporaries are dropped as soon as possible."""
         bce_sum = -torch.dot(log_q(pm, y).sum(1).flatten(), stats.mask.flatten())
         pm.sigmoid_().mul_(stats.mask)
-        mu_y, m1, b2, s2 = stats.mean(y), stats.mean(pm), stats.mean(pm * pm), stats.mean(pm * y)
+        m1, b2 = stats.mean(pm), stats.mean(pm * pm)
         # B2 = var_p + var_y + C2 with var_y = mu_y - mu_y^2 for a binary map (SSL Eq. 16); S2 = A2 / B2.
-        b2.addcmul_(m1, m1, value=-1).add_(mu_y).addcmul_(mu_y, mu_y, value=-1).add_(C2)
-        s2.addcmul_(m1, mu_y, value=-1).mul_(2).add_(C2).div_(b2)
+        b2.addcmul_(m1, m1, value=-1)
+        if y is None:  # mu_y = var_y = cov = 0: S2 = C2 / B2 (and S1 = C1 / B1)
+            mu_y = None
+            b2.add_(C2)
+            s2 = torch.full_like(b2, C2).div_(b2)
+        else:
+            mu_y, s2 = stats.mean(y), stats.mean(pm * y)
+            b2.add_(mu_y).addcmul_(mu_y, mu_y, value=-1).add_(C2)
+            s2.addcmul_(m1, mu_y, value=-1).mul_(2).add_(C2).div_(b2)
         if self.form == "eq7":
-            c1 = x.new_tensor(C1)
-            b1 = torch.addcmul(c1, m1, m1).addcmul_(mu_y, mu_y)
-            s1 = torch.addcmul(c1, m1, mu_y, value=2).div_(b1)
+            c1 = pm.new_tensor(C1)
+            b1 = torch.addcmul(c1, m1, m1)
+            if y is None:
+                s1 = torch.full_like(b1, C1).div_(b1)
+            else:
+                b1.addcmul_(mu_y, mu_y)
+                s1 = torch.addcmul(c1, m1, mu_y, value=2).div_(b1)
             s = s1 * s2
         else:
             s = s2
-        ssim_sum = float(y.shape[1]) * stats.mask.sum() - torch.dot(s.sum(1).flatten(), stats.mask.flatten())
-        if grad is None:
-            return bce_sum, ssim_sum
+        ssim_sum = float(pm.shape[1]) * stats.mask.sum() - torch.dot(s.sum(1).flatten(), stats.mask.flatten())
+        if not with_grad:
+            return bce_sum, ssim_sum, None
         # dS/d mean(p y) = 2 S1 / B2, dS/d mean(p^2) = -S / B2, dS/d mean(p) = 2 g1 below; the objective
         # has -(1 - lam) / count times these, and d mean(v)_i / d v_j = window weight * inv_i.
         # The adjoint of a local mean divides by the window's weight sum first: fold that (inv) in here.
         r2 = b2.reciprocal_().mul_(stats.inv)
-        g1 = (m1 * s2).sub_(mu_y)
+        g1 = m1 * s2 if y is None else (m1 * s2).sub_(mu_y)
         if self.form == "eq7":
-            dmu_s1 = mu_y.sub_(m1.mul_(s1)).mul_(s2).div_(b1).mul_(stats.inv)  # (dS1 / d mean p) S2 / 2
+            # (dS1 / d mean p) S2 / 2 = (mu_y - mean(p) S1) S2 / B1, times the adjoint's inv.
+            dmu_s1 = (m1.mul_(s1).neg_() if y is None else mu_y.sub_(m1.mul_(s1))).mul_(s2).div_(b1).mul_(stats.inv)
             del b1
             g12 = s1.mul_(r2)
             g1.mul_(g12).add_(dmu_s1)
@@ -97,13 +115,14 @@ class SSIMLoss(nn.Module):
             g1.mul_(g12)
         g2 = s.mul_(r2)
         del m1, mu_y, s2, b2, r2, s
-        dp = stats.window_sum(g1).addcmul_(stats.window_sum(g2), pm, value=-1).addcmul_(stats.window_sum(g12), y)
+        dp = stats.window_sum(g1).addcmul_(stats.window_sum(g2), pm, value=-1)
+        if y is not None:  # the mean(p y) term
+            dp.addcmul_(stats.window_sum(g12), y)
         del g1, g2, g12
         # Chain through the sigmoid (pm (1 - pm) is p (1 - p), 0 at ignored pixels), add the BCE gradient.
         sigmoid_grad = torch.addcmul(pm, pm, pm, value=-1)
-        bce_grad = pm.sub_(y).mul_(self.lam / count)
-        torch.addcmul(bce_grad, dp, sigmoid_grad, value=-2.0 * (1.0 - self.lam) / count, out=grad)
-        return bce_sum, ssim_sum
+        bce_grad = (pm if y is None else pm.sub_(y)).mul_(self.lam / count)
+        return bce_sum, ssim_sum, bce_grad.addcmul_(dp, sigmoid_grad, value=-2.0 * (1.0 - self.lam) / count)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return eager_forward(self._value_and_grad, logits, target, self.ignore_index)

@@ -8,8 +8,8 @@ from torch import nn
 
 from ._functional import autocast_off, check_window, prepare
 from ._window import (
-    LocalStats, center_weight, channels_last_chunk, check_sigma, class_chunks, eager_forward, eager_terms, log_q,
-    normalized_parts, one_hot_chunk,
+    LocalStats, PresentFirst, center_weight, check_sigma, chunks_in_order, class_chunks, eager_forward, eager_terms,
+    gather_classes, log_q, normalized_parts, normalized_zero, one_hot_chunk, scatter_classes,
 )
 
 TERMS = ("bce", "ssl", "hard_fraction", "norm_pred_min", "norm_pred_max", "norm_gt_min", "norm_gt_max",
@@ -70,16 +70,24 @@ class SSLLoss(nn.Module):
         # region_size=1 (w_c = 1): e is 0 everywhere and so is its range.
         self.e_max = 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + self.c4) if w_c < 1 else 0.0
 
-    def _parts(self, x, target, valid, classes, stats):
+    def _parts(self, x, labels, valid, chunk, stats):
         """``((num_y, den_y), (num_p, den_p))``: ``y_nor`` and ``p_nor`` of Eq. 10 as ``num / den`` for the
-        classes ``classes`` (channels-last, no gradient); both are 1 at ignored pixels."""
-        y = one_hot_chunk(target, valid, classes, x.dtype, channels_last=True)
-        p = channels_last_chunk(x, classes).sigmoid_().mul_(stats.mask)
-        return normalized_parts(y, stats, self.c4, binary=True), normalized_parts(p, stats, self.c4, binary=False)
+        classes of ``chunk`` (channels-last, no gradient; ``labels`` in the chunk's order); both are 1 at
+        ignored pixels. For classes absent from the batch the first part is None (``y_nor`` is
+        ``normalized_zero(c4)``)."""
+        p = gather_classes(x, chunk.classes).sigmoid_().mul_(stats.mask)
+        p_parts = normalized_parts(p, stats, self.c4, binary=False)
+        if not chunk.present:
+            return None, p_parts
+        y = one_hot_chunk(labels, valid, chunk.positions, x.dtype, channels_last=True)
+        return normalized_parts(y, stats, self.c4, binary=True), p_parts
 
-    def _error(self, x, target, valid, classes, stats) -> torch.Tensor:
+    def _error(self, x, labels, valid, chunk, stats) -> torch.Tensor:
         """``e = |y_nor - p_nor|`` (Eq. 10) for one chunk of classes, channels-last; 0 at ignored pixels."""
-        (num_y, den_y), (num_p, den_p) = self._parts(x, target, valid, classes, stats)
+        y_parts, (num_p, den_p) = self._parts(x, labels, valid, chunk, stats)
+        if y_parts is None:
+            return num_p.div_(den_p).sub_(normalized_zero(self.c4)).abs_()
+        num_y, den_y = y_parts
         return num_y.div_(den_y).addcdiv_(num_p, den_p, value=-1).abs_()
 
     def _hard(self, e: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -91,10 +99,11 @@ class SSLLoss(nn.Module):
         """``e [N, C, H, W]`` of Eq. 10, detached; 0 at ignored pixels."""
         with autocast_off(logits.device.type), torch.no_grad():
             x, target, valid = prepare(logits, target, self.ignore_index)
+            order = PresentFirst(target, valid, x.shape[1])
             stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
             e = torch.empty_like(x)
-            for classes in class_chunks(x.shape[1]):
-                e[:, classes] = self._error(x, target, valid, classes, stats)
+            for chunk in order.chunks:
+                scatter_classes(e, chunk.classes, self._error(x, order.labels, valid, chunk, stats))
             return e
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -106,27 +115,29 @@ class SSLLoss(nn.Module):
         chunks of classes: the first stores ``e * f`` (``f`` when not reweighting) where the gradient goes
         and counts the hard entries ``M``; the second turns it into the weight
         ``w = lam / #valid + (1 - lam) e f / M`` of each entry's BCE, then into ``w (sigmoid(x) - y)``
-        (computed with or without ``with_grad``: the weights are needed for the value anyway)."""
+        (computed with or without ``with_grad``: the weights are needed for the value anyway). In the first
+        pass the classes present in the batch come first (:class:`PresentFirst`): absent ones skip their
+        one-hot statistics."""
+        order = PresentFirst(target, valid, x.shape[1])
         stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
         grad = torch.empty_like(x)
-        hard = sum(self._hard_weights(x, target, valid, classes, stats, grad[:, classes])
-                   for classes in class_chunks(x.shape[1]))
+        hard = sum(self._hard_weights(x, order.labels, valid, chunk, stats, grad) for chunk in order.chunks)
         hard_scale = (1.0 - self.lam) / max(int(hard), 1)
         bce_scale = self.lam / (int(valid.sum()) * x.shape[1])
         value = sum(self._weighted_bce(x, target, valid, classes, stats, grad[:, classes], hard_scale, bce_scale)
                     for classes in class_chunks(x.shape[1]))
         return value, grad
 
-    def _hard_weights(self, x, target, valid, classes, stats, out) -> torch.Tensor:
-        """First pass, one chunk: ``out = e * f`` (or ``f``); returns ``sum(f)``."""
-        e = self._error(x, target, valid, classes, stats)
+    def _hard_weights(self, x, labels, valid, chunk, stats, out) -> torch.Tensor:
+        """First pass, one chunk: ``out = e * f`` (or ``f``) at the chunk's classes; returns ``sum(f)``."""
+        e = self._error(x, labels, valid, chunk, stats)
         if not self.ohem:  # f is the valid mask
-            out.copy_(e if self.reweight else stats.mask.expand_as(e))
+            scatter_classes(out, chunk.classes, e if self.reweight else stats.mask.expand_as(e))
             return valid.sum() * e.shape[1]
         # e f in one step: entries above beta e_max keep e, the rest become 0 (e is 0 at ignored pixels).
         ef = torch.nn.functional.threshold_(e, self.beta * self.e_max, 0.0)
         f = ef > 0
-        out.copy_(ef if self.reweight else f)
+        scatter_classes(out, chunk.classes, ef if self.reweight else f)
         return f.sum()  # on CPU many times faster than count_nonzero, whose time grows with the mix of zeros
 
     def _weighted_bce(self, x, target, valid, classes, stats, weight, hard_scale, bce_scale) -> torch.Tensor:
@@ -153,11 +164,11 @@ class SSLLoss(nn.Module):
         stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
         sums = {k: x.new_zeros(()) for k in ("bce", "ssl", "hard")}
         extremes, errors = [], []
-        for classes in class_chunks(x.shape[1]):
-            (num_y, den_y), (num_p, den_p) = self._parts(x, target, valid, classes, stats)
+        for chunk in chunks_in_order(x.shape[1]):
+            (num_y, den_y), (num_p, den_p) = self._parts(x, target, valid, chunk, stats)
             y_nor, p_nor = num_y.div_(den_y), num_p.div_(den_p)
             full = valid.unsqueeze(1).expand_as(y_nor)
-            bce = -log_q(x[:, classes], one_hot_chunk(target, valid, classes, x.dtype))[full]
+            bce = -log_q(x[:, chunk.positions], one_hot_chunk(target, valid, chunk.positions, x.dtype))[full]
             extremes.append(torch.stack([v for t in (p_nor, y_nor) for v in t[full].aminmax()]))
             e = y_nor.sub_(p_nor).abs_()[full]
             f = self._hard(e, e.new_ones((), dtype=torch.bool))
