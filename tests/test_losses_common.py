@@ -35,15 +35,16 @@ def make(name):
     return getattr(losses, name)(**LOSSES[name])
 
 
-def evaluate(loss, logits, target, features=None):
-    """``loss(logits, target)``, with features for the losses that need them."""
+def evaluate(loss, logits, target, features=None, method="__call__"):
+    """``loss(logits, target)`` (or another method, e.g. ``terms``), with features for the losses that need them."""
+    call = getattr(loss, method)
     if getattr(loss, "needs_features", False):
         if features is None:
             n, _, height, width = logits.shape
             g = torch.Generator().manual_seed(1)
             features = torch.randn(n, FEAT, (height + 1) // 2, (width + 1) // 2, dtype=logits.dtype, generator=g)
-        return loss(logits, target, features)
-    return loss(logits, target)
+        return call(logits, target, features)
+    return call(logits, target)
 
 
 def sample(n=2, height=9, width=8, dtype=torch.float32, seed=0):
@@ -68,6 +69,8 @@ def test_all_ignored_batch_gives_zero_with_graph(name):
     assert value.dim() == 0 and value.item() == 0.0 and value.requires_grad
     value.backward()
     assert torch.isfinite(logits.grad).all() and torch.count_nonzero(logits.grad) == 0
+    if hasattr(loss, "terms"):
+        assert all(v.item() == 0 for v in evaluate(loss, logits, target, method="terms").values())
 
 
 @pytest.mark.parametrize("name", LOSSES)
@@ -95,14 +98,18 @@ def test_bad_input_raises_value_error(name, case):
 
 
 @pytest.mark.parametrize("name", LOSSES)
-def test_half_precision_and_autocast_compute_in_float32(name):
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_and_autocast_compute_in_float32(name, half):
     loss = make(name)
     logits, target = sample()
     reference = evaluate(loss, logits, target)
     assert reference.dtype == torch.float32
-    value = evaluate(loss, logits.bfloat16(), target)
+    assert reference.item() == pytest.approx(evaluate(loss.double(), logits.double(), target).item(), rel=1e-4)
+    loss.float()
+    value = evaluate(loss, logits.to(half), target)
     assert value.dtype == torch.float32 and torch.isfinite(value)
-    assert value.item() == pytest.approx(reference.item(), rel=0.05)
+    # Half logits are taken to float32 first: the same value as from the rounded logits given in float32.
+    torch.testing.assert_close(value, evaluate(loss, logits.to(half).float(), target))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = evaluate(loss, logits, target)
     assert autocast.dtype == torch.float32
