@@ -1,7 +1,7 @@
 """Time and memory of every loss in :mod:`segrepro.losses` against cross entropy.
 
     python scripts/bench_losses.py [--device cpu|cuda] [--n N --c C --size S --repeats R]
-                                   [--threads T] [--quick] [--only TEXT] [--no-model]
+                                   [--threads T] [--quick] [--only TEXT] [--no-model] [--keep-memory]
 
 For each loss: forward + backward on the same logits as CE, with label maps
 drawn from the synthetic dataset (its 6 classes remapped per image onto a few
@@ -21,6 +21,11 @@ of the ``C`` classes, its ignore bands kept). Printed as a Markdown table:
   before. CPU: ``torch.profiler`` with ``profile_memory=True`` records every
   allocation and free of the CPU allocator with its size; the running sum of
   those, in time order, is the memory the call holds, and its maximum is the peak.
+
+On CPU, fresh memory costs page faults, and how many a call pays depends on
+what glibc has handed back to the system before: timings swing by tens of
+percent between runs. ``--keep-memory`` asks glibc (``mallopt``) to keep freed
+memory in the process, which makes repeated runs repeatable (compute only).
 """
 from __future__ import annotations
 
@@ -84,6 +89,20 @@ def arguments(name: str, kwargs: dict, num_classes: int) -> dict:
     if getattr(getattr(losses, name, None), "needs_features", False):
         return {"num_classes": num_classes, "feat_dim": FEATURE_DIM, **kwargs}
     return kwargs
+
+
+def keep_freed_memory() -> bool:
+    """glibc: serve blocks up to 32 MiB from the heap and never trim it, so freed memory is reused without
+    page faults. False where that is not available (another C library)."""
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 def clear_grads(*tensors) -> None:
@@ -166,7 +185,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 2 repeats")
     parser.add_argument("--only", metavar="TEXT", help="only the losses whose label contains TEXT (e.g. SSL)")
     parser.add_argument("--no-model", action="store_true", help="skip the DeepLabV3-ResNet-101 step (no shares)")
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="CPU: keep freed memory in the process (glibc), for repeatable timings")
     args = parser.parse_args(argv)
+    if args.keep_memory and not keep_freed_memory():
+        parser.error("--keep-memory: glibc's mallopt is not available here")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -211,7 +234,7 @@ def main(argv=None) -> int:
     padded = size + (-size % 8)
     print(f"Losses, forward + backward: device {device}, N={n}, C={args.c}, H=W={size}, "
           f"{repeats} runs after 1 warm-up (median), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads.")
+          f"{torch.get_num_threads()} CPU threads{', freed memory kept' if args.keep_memory else ''}.")
     model_seconds = float("nan")
     try:
         if not args.no_model:

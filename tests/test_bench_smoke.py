@@ -23,11 +23,12 @@ def test_quick_bench_lists_every_loss():
             assert float(cells[5]) >= 1.0, row  # the peak includes at least the logits' gradient
 
 
-def test_only_and_no_model_narrow_the_run():
-    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--only", "SSLLoss", "--no-model"],
+def test_only_and_no_model_narrow_the_run_and_memory_is_kept():
+    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--only", "SSLLoss", "--no-model", "--keep-memory"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and not line.startswith("| loss ")]
     assert rows and all(row.startswith("| SSLLoss(") for row in rows), run.stdout
     assert all(row.split("|")[5].strip() == "n/a" for row in rows), run.stdout
     assert "DeepLabV3-ResNet-101 forward" not in run.stdout
+    assert "freed memory kept" in run.stdout
