@@ -156,7 +156,9 @@ class PresentFirst:
 
     def __init__(self, target: torch.Tensor, valid: torch.Tensor, num_classes: int):
         labels = target.masked_fill(~valid, num_classes)  # ignored pixels counted as one more class
-        present = torch.bincount(labels.flatten(), minlength=num_classes + 1)[:num_classes] > 0
+        # (index_fill_ rather than bincount, which has no deterministic CUDA implementation)
+        present = torch.zeros(num_classes + 1, dtype=torch.bool, device=labels.device)
+        present = present.index_fill_(0, labels.flatten(), True)[:num_classes]
         order = torch.argsort(~present, stable=True)
         rank = torch.empty(num_classes + 1, dtype=labels.dtype, device=labels.device)
         rank[order] = torch.arange(num_classes, dtype=labels.dtype, device=labels.device)
