@@ -13,7 +13,8 @@ class _Standardize(torch.autograd.Function):
     """Standard score of each pixel's logit vector over the class axis (LAD Sec. 3.1):
     ``x = (x_hat - mean_c) / (std_c + eps)`` with the population std.
 
-    The backward is written out, ``(g - mean_c g) / (std + eps) - x * mean_c(g x) / std``,
+    The result is channels-last, the layout of the pooling's convolution and row
+    gathers. The backward is written out, ``(g - mean_c g) / (std + eps) - x * mean_c(g x) / std``,
     so that it holds one full-size temporary instead of autograd's chain of them;
     where ``std = 0`` (all logits of a pixel equal, e.g. a zero-initialised head)
     the std gets a zero subgradient instead of ``sqrt``'s infinite one.
@@ -21,8 +22,11 @@ class _Standardize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, eps):
-        xc = logits - logits.mean(dim=1, keepdim=True)
-        std = xc.square().mean(dim=1, keepdim=True).sqrt()
+        # Written channels-last straight from the logits: no extra full-size copy (each fresh one costs page
+        # faults on CPU), as the norm below needs no squared copy.
+        xc = torch.sub(logits, logits.mean(dim=1, keepdim=True),
+                       out=torch.empty_like(logits, memory_format=torch.channels_last))
+        std = torch.linalg.vector_norm(xc, dim=1, keepdim=True).div_(logits.shape[1] ** 0.5)  # no squared copy
         x = xc.div_(std + eps)
         ctx.save_for_backward(x, std)
         ctx.eps = eps
@@ -38,7 +42,7 @@ class _Standardize(torch.autograd.Function):
 
 
 def standardize(logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """``(x_hat - mean_c) / (std_c + eps)`` over the class axis, population std (LAD Sec. 3.1)."""
+    """``(x_hat - mean_c) / (std_c + eps)`` over the class axis, population std (LAD Sec. 3.1), channels-last."""
     return _Standardize.apply(logits, eps)
 
 
@@ -166,14 +170,14 @@ class _SelectivePool(torch.autograd.Function):
         ctx.save_for_backward(neighbours, inv_xi)
         ctx.shape, ctx.kernel_size, ctx.stride = x.shape, kernel_size, stride
         ctx.boundary = boundary if stride == 1 else None
-        return out.contiguous()  # the cross entropy's softmax over classes is far slower on channels-last
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         neighbours, inv_xi = ctx.saved_tensors
         k, s = ctx.kernel_size, ctx.stride
-        h = (grad * inv_xi).contiguous(memory_format=torch.channels_last)
+        h = torch.mul(grad, inv_xi, out=torch.empty_like(grad, memory_format=torch.channels_last))
         boundary = ctx.boundary
         if s > 1:  # grad / xi at the centers' pixels, 0 elsewhere; the pixels themselves as centers
             full = h.new_zeros(ctx.shape).contiguous(memory_format=torch.channels_last)
@@ -213,10 +217,7 @@ class LADLoss(nn.Module):
         x, target, valid = prepare(logits, target, self.ignore_index)
         s = self.stride
         centers, neighbours = _label_maps(target, valid, s)
-        # Channels-last from the start: the pooling's convolutions and row gathers want it, and the
-        # standardization's backward is twice as slow on a gradient in another layout than its input.
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        f = _SelectivePool.apply(standardize(x_cl), centers, neighbours, self.kernel_size, s)
+        f = _SelectivePool.apply(standardize(x), centers, neighbours, self.kernel_size, s)
         local = F.cross_entropy(f, target[:, ::s, ::s], ignore_index=self.ignore_index, reduction="none")
         return local, valid[:, ::s, ::s], x
 
