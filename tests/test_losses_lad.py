@@ -85,8 +85,8 @@ def test_loss_and_gradient_match_reference(kernel_size, k, stride):
 
 
 def regions(seed=0):
-    """Labels in large blocks with an ignored band and stray ignored pixels: interior centers (whole window
-    one label) next to boundary ones, on 2 images of 14 x 17."""
+    """Labels in large blocks with an ignored band and stray ignored pixels, on 2 images of 14 x 17: centers
+    whose whole window is one label next to centers at label edges, ignored pixels and the border."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(2, 4, 14, 17, dtype=torch.float64, generator=g)
     target = torch.zeros(2, 14, 17, dtype=torch.long)
@@ -99,8 +99,7 @@ def regions(seed=0):
 
 
 @pytest.mark.parametrize("kernel_size,stride", [(3, 1), (5, 1), (7, 1), (3, 2), (5, 3)])
-def test_interior_and_boundary_centers_match_reference(kernel_size, stride):
-    """Interior centers take the convolution path, the others the gathered one: both must match."""
+def test_block_labels_match_reference(kernel_size, stride):
     logits, target = regions(seed=kernel_size + stride)
     loss = LADLoss(kernel_size, stride=stride)
     local, valid = loss.local_losses(logits, target)
@@ -111,20 +110,6 @@ def test_interior_and_boundary_centers_match_reference(kernel_size, stride):
     loss(a, target).backward()
     reference_loss(b, target, kernel_size, 3.0, stride).backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
-
-
-def test_interior_centers_are_the_uniform_windows():
-    from segrepro.losses.lad import _Boundary, _label_maps
-
-    _, target = regions()
-    valid = target != IGNORE
-    centers, neighbours = _label_maps(target, valid, 1)
-    boundary = _Boundary(centers, neighbours, 5, 1)
-    padded = F.pad(target, (2, 2, 2, 2), value=-1)
-    for n, i, j in torch.cartesian_prod(torch.arange(2), torch.arange(14), torch.arange(17)).tolist():
-        uniform = bool((padded[n, i:i + 5, j:j + 5] == target[n, i, j]).all()) and bool(valid[n, i, j])
-        assert bool(boundary.interior[n, i, j]) == uniform
-    assert boundary.interior.sum() > 50 and len(boundary.index) > 50  # both paths are exercised
 
 
 @pytest.mark.parametrize("kernel_size,stride", [(3, 1), (5, 2)])
@@ -250,12 +235,11 @@ def _bench():
     return module
 
 
-def test_peak_memory_does_not_grow_with_the_window_times_the_logits():
-    # An unfold of the logits would hold kernel_size^2 copies of them: (121 - 9)x more for kernel 11 than 3.
-    # What may grow is a few bytes per center and window row (the boundary's int32 indices and masks).
+def test_peak_memory_does_not_grow_with_the_window():
+    # An unfold of the logits would hold kernel_size^2 copies of them: 121x for kernel 11.
     bench = _bench()
-    logits = torch.randn(1, 21, 48, 48)
-    target = torch.randint(0, 3, (1, 48, 48))  # every center is on a label boundary
+    logits = torch.randn(1, 8, 48, 48)
+    target = torch.randint(0, 3, (1, 48, 48))
 
     def peak(kernel_size):
         leaf = logits.clone().requires_grad_()
@@ -264,4 +248,4 @@ def test_peak_memory_does_not_grow_with_the_window_times_the_logits():
 
     small, large = peak(3), peak(11)
     assert small > logits.numel() * 4  # the measurement sees the gradient at least
-    assert large - small < logits.numel() * 4
+    assert large <= 1.1 * small
