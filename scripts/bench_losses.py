@@ -30,7 +30,9 @@ memory in the process, which makes repeated runs repeatable (compute only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import statistics
 import sys
 import time
@@ -130,6 +132,21 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence file descriptor 2 for the block: the profiler's C++ side logs every start and stop there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_extra_bytes(fn, device: torch.device) -> int:
     """Peak memory allocated by ``fn`` beyond what was live when it started (see module docstring)."""
     if device.type == "cuda":
@@ -141,7 +158,7 @@ def peak_extra_bytes(fn, device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
