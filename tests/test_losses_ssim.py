@@ -13,7 +13,8 @@ import segrepro.losses._window as window
 from segrepro.losses import SSIMLoss
 
 from .window_reference import (
-    IGNORE, assert_absent_shortcut_is_exact, sample, sample_with_absent_classes, value_and_grad, window_weights,
+    IGNORE, assert_absent_shortcut_is_exact, sample, sample_with_absent_classes, valid_entries, value_and_grad,
+    window_weights,
 )
 
 C1, C2 = 0.01**2, 0.03**2
@@ -27,26 +28,20 @@ def reference(logits, target, size=3, sigma=1.5, form="eq7", lam=0.5):
     p = torch.sigmoid(logits)
     valid = target != IGNORE
     one_minus_s, bce = [], []
-    for n in range(n_):
-        for c in range(c_):
-            y = (target[n] == c).double()
-            for i in range(h):
-                for j in range(w):
-                    if not valid[n, i, j]:
-                        continue
-                    items = [(wt, p[n, c, i + a, j + b], y[i + a, j + b]) for (a, b), wt in weights.items()
-                             if 0 <= i + a < h and 0 <= j + b < w and valid[n, i + a, j + b]]
-                    total = sum(wt for wt, _, _ in items)
-                    mu_p = sum(wt * pv for wt, pv, _ in items) / total
-                    mu_y = sum(wt * yv for wt, _, yv in items) / total
-                    var_p = sum(wt * pv * pv for wt, pv, _ in items) / total - mu_p * mu_p
-                    var_y = sum(wt * yv * yv for wt, _, yv in items) / total - mu_y * mu_y
-                    cov = sum(wt * pv * yv for wt, pv, yv in items) / total - mu_p * mu_y
-                    s = (2 * cov + C2) / (var_p + var_y + C2)
-                    if form == "eq7":
-                        s = s * (2 * mu_p * mu_y + C1) / (mu_p * mu_p + mu_y * mu_y + C1)
-                    one_minus_s.append(1 - s)
-                    bce.append(F.binary_cross_entropy_with_logits(logits[n, c, i, j], y[i, j]))
+    for n, c, i, j, y in valid_entries(target, c_):
+        items = [(wt, p[n, c, i + a, j + b], y[i + a, j + b]) for (a, b), wt in weights.items()
+                 if 0 <= i + a < h and 0 <= j + b < w and valid[n, i + a, j + b]]
+        total = sum(wt for wt, _, _ in items)
+        mu_p = sum(wt * pv for wt, pv, _ in items) / total
+        mu_y = sum(wt * yv for wt, _, yv in items) / total
+        var_p = sum(wt * pv * pv for wt, pv, _ in items) / total - mu_p * mu_p
+        var_y = sum(wt * yv * yv for wt, _, yv in items) / total - mu_y * mu_y
+        cov = sum(wt * pv * yv for wt, pv, yv in items) / total - mu_p * mu_y
+        s = (2 * cov + C2) / (var_p + var_y + C2)
+        if form == "eq7":
+            s = s * (2 * mu_p * mu_y + C1) / (mu_p * mu_p + mu_y * mu_y + C1)
+        one_minus_s.append(1 - s)
+        bce.append(F.binary_cross_entropy_with_logits(logits[n, c, i, j], y[i, j]))
     return lam * torch.stack(bce).mean() + (1 - lam) * torch.stack(one_minus_s).mean()
 
 

@@ -14,7 +14,8 @@ import segrepro.losses._window as window
 from segrepro.losses import SSLLoss
 
 from .window_reference import (
-    IGNORE, assert_absent_shortcut_is_exact, sample, sample_with_absent_classes, value_and_grad, window_weights,
+    IGNORE, assert_absent_shortcut_is_exact, sample, sample_with_absent_classes, valid_entries, value_and_grad,
+    window_weights,
 )
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "loss" / "ssl.yaml"
@@ -38,18 +39,12 @@ def reference_e(logits, target, size=3, sigma=1.5, c4=0.01):
     p = torch.sigmoid(logits)
     valid = target != IGNORE
     e = torch.zeros(n_, c_, h, w, dtype=torch.float64)
-    for n in range(n_):
-        for c in range(c_):
-            y = (target[n] == c).double()
-            for i in range(h):
-                for j in range(w):
-                    if not valid[n, i, j]:
-                        continue
-                    mu_y, var_y = local_stats(y, valid[n], i, j, weights)
-                    mu_p, var_p = local_stats(p[n, c], valid[n], i, j, weights)
-                    y_nor = (float(y[i, j]) - mu_y + c4) / (math.sqrt(var_y) + c4)
-                    p_nor = (float(p[n, c, i, j]) - mu_p + c4) / (math.sqrt(var_p) + c4)
-                    e[n, c, i, j] = abs(y_nor - p_nor)
+    for n, c, i, j, y in valid_entries(target, c_):
+        mu_y, var_y = local_stats(y, valid[n], i, j, weights)
+        mu_p, var_p = local_stats(p[n, c], valid[n], i, j, weights)
+        y_nor = (float(y[i, j]) - mu_y + c4) / (math.sqrt(var_y) + c4)
+        p_nor = (float(p[n, c, i, j]) - mu_p + c4) / (math.sqrt(var_p) + c4)
+        e[n, c, i, j] = abs(y_nor - p_nor)
     return e
 
 

@@ -27,6 +27,19 @@ def window_weights(size, sigma):
     return {k: v / total for k, v in w.items()}
 
 
+def valid_entries(target, num_classes):
+    """``(n, c, i, j, y)`` for every valid (pixel, class) entry, ``y`` the float64 one-hot map of class ``c``
+    in image ``n``."""
+    n_, h, w = target.shape
+    for n in range(n_):
+        for c in range(num_classes):
+            y = (target[n] == c).double()
+            for i in range(h):
+                for j in range(w):
+                    if target[n, i, j] != IGNORE:
+                        yield n, c, i, j, y
+
+
 def sample_with_absent_classes(seed=0):
     """Like :func:`sample` with 6 classes of which only 1 and 4 are present: absent classes come both
     before and between the present ones."""

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._functional import check_window
-from ._window import class_chunks, eager_forward, eager_terms, gather_classes
+from ._window import chunks_in_order, eager_forward, eager_terms, gather_classes
 
 EPS = 1e-4  # clipping of p and 1 - p, as in the official implementation
 
@@ -127,9 +127,9 @@ class AffinityFieldLoss(nn.Module):
             n_non_edge = int(pairs.sum()) * num_classes - n_edge
             # (An empty set of non-edge entries: the dense sum is all edges, and both are left out.)
             non_edge_scale = self.dec * self.lam_nonedge / n_non_edge if n_non_edge else 0.0
-            total = sum(self._dense_chunk(p, classes, mask, pairs, non_edge_scale,
-                                          None if grad is None else grad[:, classes])
-                        for classes in class_chunks(num_classes))
+            total = sum(self._dense_chunk(p, chunk.classes, mask, pairs, non_edge_scale,
+                                          None if grad is None else grad[:, chunk.positions])
+                        for chunk in chunks_in_order(num_classes))
             kl, d_center, d_neighbour = _pair_kl(p[n, cls, ci, cj], p[n, cls, ni, nj], with_grad)
             edge = (self.margin - kl).clamp_(min=0).sum() / max(n_edge, 1)
             if n_non_edge:  # accumulated in float64: the edge entries are a large part of the dense sum
@@ -152,7 +152,7 @@ class AffinityFieldLoss(nn.Module):
         ``scale * d sum / d p`` into ``grad`` (a view) unless it is None."""
         # In-place steps, and P and Q clipped again for the gradient rather than kept, hold at most 7 chunk-sized
         # maps at once (a float64 sum copies its input).
-        big_p = gather_classes(p, range(classes.start, classes.stop))
+        big_p = gather_classes(p, classes)
         big_q = torch.rsub(big_p, 1.0).clamp_(EPS, 1.0)
         big_p.clamp_(EPS, 1.0)
         log_p, log_q = big_p.log(), big_q.log()
@@ -164,7 +164,7 @@ class AffinityFieldLoss(nn.Module):
             return total
         # d / dP = n (log P + 1) - v R(vP) / P - v R(v log P), likewise for Q (n is 0 wherever v is, so
         # log P may be masked first); then through the clipping (derivative 0 where it is active).
-        pc = gather_classes(p, range(classes.start, classes.stop))
+        pc = gather_classes(p, classes)
         d_p = self._grad_part(pc.clamp(EPS, 1.0), log_p, ring_p, mask, pairs).masked_fill_(pc < EPS, 0.0)
         del log_p, ring_p
         big_q = torch.rsub(pc, 1.0).clamp_(EPS, 1.0)

@@ -52,24 +52,26 @@ class SSIMLoss(nn.Module):
 
     @torch.no_grad()
     def _sums(self, x, target, valid, with_grad: bool):
-        """``(sum of BCE, sum of 1 - S, number of valid entries, d objective / d x or None)``."""
+        """``(sum of BCE, sum of 1 - S, number of valid entries, d objective / d x or None)``; ``1 - S`` is
+        summed as ``count - sum(S)`` over the valid entries."""
         order = PresentFirst(target, valid, x.shape[1])
         stats = LocalStats(self.window_size, self.sigma, valid, x.dtype)
         count = int(valid.sum()) * x.shape[1]
         grad = torch.empty_like(x) if with_grad else None
-        bce_sum = ssim_sum = 0.0
+        bce_sum = s_sum = 0.0
         for chunk in order.chunks:
-            y = one_hot_chunk(order.labels, valid, chunk.positions, x.dtype, channels_last=True) if chunk.present \
-                else None
-            bce, ssim, chunk_grad = self._chunk(gather_classes(x, chunk.classes), y, stats, count, with_grad)
-            bce_sum, ssim_sum = bce_sum + bce, ssim_sum + ssim
+            y = None
+            if chunk.present:
+                y = one_hot_chunk(order.labels, valid, chunk.positions, x.dtype, channels_last=True)
+            bce, s, chunk_grad = self._chunk(gather_classes(x, chunk.classes), y, stats, count, with_grad)
+            bce_sum, s_sum = bce_sum + bce, s_sum + s
             if with_grad:
                 scatter_classes(grad, chunk.classes, chunk_grad)
-        return bce_sum, ssim_sum, count, grad
+        return bce_sum, count - s_sum, count, grad
 
     def _chunk(self, pm, y, stats, count, with_grad):
         """One chunk of classes: its logits ``pm`` (overwritten) and one-hot map ``y`` (channels-last; None
-        for classes absent from the batch) to ``(sum of BCE, sum of 1 - S, d objective / d logits or None)``.
+        for classes absent from the batch) to ``(sum of BCE, sum of S, d objective / d logits or None)``.
         Temporaries are dropped as soon as possible."""
         bce_sum = -torch.dot(log_q(pm, y).sum(1).flatten(), stats.mask.flatten())
         pm.sigmoid_().mul_(stats.mask)
@@ -95,9 +97,9 @@ class SSIMLoss(nn.Module):
             s = s1 * s2
         else:
             s = s2
-        ssim_sum = float(pm.shape[1]) * stats.mask.sum() - torch.dot(s.sum(1).flatten(), stats.mask.flatten())
+        s_sum = torch.dot(s.sum(1).flatten(), stats.mask.flatten())
         if not with_grad:
-            return bce_sum, ssim_sum, None
+            return bce_sum, s_sum, None
         # dS/d mean(p y) = 2 S1 / B2, dS/d mean(p^2) = -S / B2, dS/d mean(p) = 2 g1 below; the objective
         # has -(1 - lam) / count times these, and d mean(v)_i / d v_j = window weight * inv_i.
         # The adjoint of a local mean divides by the window's weight sum first: fold that (inv) in here.
@@ -122,7 +124,7 @@ class SSIMLoss(nn.Module):
         # Chain through the sigmoid (pm (1 - pm) is p (1 - p), 0 at ignored pixels), add the BCE gradient.
         sigmoid_grad = torch.addcmul(pm, pm, pm, value=-1)
         bce_grad = (pm if y is None else pm.sub_(y)).mul_(self.lam / count)
-        return bce_sum, ssim_sum, bce_grad.addcmul_(dp, sigmoid_grad, value=-2.0 * (1.0 - self.lam) / count)
+        return bce_sum, s_sum, bce_grad.addcmul_(dp, sigmoid_grad, value=-2.0 * (1.0 - self.lam) / count)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return eager_forward(self._value_and_grad, logits, target, self.ignore_index)
