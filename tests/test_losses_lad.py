@@ -71,7 +71,7 @@ def test_local_losses_match_reference(kernel_size, stride):
     torch.testing.assert_close(local, ref_local, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("kernel_size,k,stride", [(3, 3.0, 1), (5, 1.0, 1), (3, 2.5, 2), (7, 5.0, 1)])
+@pytest.mark.parametrize("kernel_size,k,stride", [(3, 3.0, 1), (5, 1.0, 1), (3, 2.5, 2), (7, 5.0, 1), (3, 0.5, 1)])
 def test_loss_and_gradient_match_reference(kernel_size, k, stride):
     logits, target = sample(seed=1)
     a = logits.clone().requires_grad_()
