@@ -117,6 +117,22 @@ def test_half_precision_and_autocast_compute_in_float32(name, half):
 
 
 @pytest.mark.parametrize("name", LOSSES)
+def test_gradient_follows_the_upstream_gradient_and_survives_a_retained_graph(name):
+    """``d (3 L) = 3 dL``, and a second backward through a retained graph gives the same gradient (the losses
+    that work out their own gradient must not consume or overwrite what they saved)."""
+    loss = make(name).double()
+    logits, target = sample(dtype=torch.float64)
+    logits.requires_grad_()
+    value = evaluate(loss, logits, target)
+    (once,) = torch.autograd.grad(value, logits, retain_graph=True)
+    (tripled,) = torch.autograd.grad(3.0 * value, logits, retain_graph=True)
+    (again,) = torch.autograd.grad(value, logits)
+    assert once.abs().sum() > 0
+    torch.testing.assert_close(tripled, 3.0 * once, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(again, once, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", LOSSES)
 def test_float64_stays_float64(name):
     loss = make(name).double()
     logits, target = sample(dtype=torch.float64)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ._functional import autocast_off, prepare, zero_with_graph
 
@@ -208,31 +209,38 @@ def log_q(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class _AttachGrad(torch.autograd.Function):
-    """Returns ``value``; its gradient w.r.t. ``x`` is ``grad`` (computed eagerly with the value)."""
+    """Returns ``value``; its gradient w.r.t. ``x`` is ``gradient(*tensors, grad_output)`` (first order only)."""
 
     @staticmethod
-    def forward(ctx, x, value, grad):
-        ctx.save_for_backward(grad)
+    def forward(ctx, x, value, gradient, *tensors):
+        ctx.gradient = gradient
+        ctx.save_for_backward(*tensors)
         return value.clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None
+        tensors = ctx.saved_tensors
+        return (ctx.gradient(*tensors, grad_output), None, None) + (None,) * len(tensors)
 
 
 def eager_forward(value_and_grad, logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """The forward of a loss that computes its gradient along with its value, without an autograd graph:
-    ``value_and_grad(x, target, valid, with_grad) -> (value, d value / d x or None)`` on checked inputs
-    in the compute dtype. The result is a scalar whose gradient w.r.t. the logits is that gradient
-    (first order only); a batch with no valid pixel gives a zero with a graph."""
+    """The forward of a loss that works out its own gradient, without an autograd graph:
+    ``value_and_grad(x, target, valid, with_grad) -> (value, backward)`` on checked inputs in the compute
+    dtype, ``backward`` None when ``with_grad`` is false, else ``(gradient, tensors)`` with
+    ``gradient(*tensors, grad_output)`` the gradient w.r.t. ``x`` (``(torch.mul, (grad,))`` for a gradient
+    computed along with the value). The result is a scalar carrying that gradient; a batch with no valid
+    pixel gives a zero with a graph."""
     with autocast_off(logits.device.type):
         x, target, valid = prepare(logits, target, ignore_index)
         if not bool(valid.any()):
             return zero_with_graph(x)
         with_grad = torch.is_grad_enabled() and x.requires_grad
-        value, grad = value_and_grad(x, target, valid, with_grad)
-        return _AttachGrad.apply(x, value, grad) if with_grad else value
+        value, backward = value_and_grad(x, target, valid, with_grad)
+        if not with_grad:
+            return value
+        gradient, tensors = backward
+        return _AttachGrad.apply(x, value, gradient, *tensors)
 
 
 def eager_terms(terms, logits: torch.Tensor, target: torch.Tensor, ignore_index: int, keys) -> dict:

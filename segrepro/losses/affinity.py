@@ -185,7 +185,7 @@ class AffinityFieldLoss(nn.Module):
 
     def _value_and_grad(self, x, target, valid, with_grad: bool):
         ce, edge, non_edge, grad = self._compute(x, target, valid, with_grad)
-        return ce + self.dec * (self.lam_edge * edge + self.lam_nonedge * non_edge), grad
+        return ce + self.dec * (self.lam_edge * edge + self.lam_nonedge * non_edge), (torch.mul, (grad,))
 
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"ce", "edge", "non_edge"}``: the plain means, before ``lam_*`` and the decay factor

@@ -131,7 +131,7 @@ class SSIMLoss(nn.Module):
 
     def _value_and_grad(self, x, target, valid, with_grad: bool):
         bce_sum, ssim_sum, count, grad = self._sums(x, target, valid, with_grad)
-        return (self.lam * bce_sum + (1.0 - self.lam) * ssim_sum) / count, grad
+        return (self.lam * bce_sum + (1.0 - self.lam) * ssim_sum) / count, (torch.mul, (grad,))
 
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"bce": BCE, "ssim": L_ssim}``, the two means before ``lam`` (0 when no pixel is valid)."""
