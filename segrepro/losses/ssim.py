@@ -6,8 +6,7 @@ from torch import nn
 
 from ._functional import check_window
 from ._window import (
-    LocalStats, PresentFirst, check_sigma, eager_forward, eager_terms, gather_classes, log_q, one_hot_chunk,
-    scatter_classes,
+    check_sigma, eager_forward, eager_terms, gather_classes, log_q, one_hot_chunk, present_chunks, scatter_classes,
 )
 
 C1 = 0.01**2
@@ -54,19 +53,17 @@ class SSIMLoss(nn.Module):
     def _sums(self, x, target, valid, with_grad: bool):
         """``(sum of BCE, sum of 1 - S, number of valid entries, d objective / d x or None)``; ``1 - S`` is
         summed as ``count - sum(S)`` over the valid entries."""
-        order = PresentFirst(target, valid, x.shape[1])
-        stats = LocalStats(self.window_size, self.sigma, valid, x.dtype)
         count = int(valid.sum()) * x.shape[1]
         grad = torch.empty_like(x) if with_grad else None
         bce_sum = s_sum = 0.0
-        for chunk in order.chunks:
+        for images, labels, stats, chunk in present_chunks(x, target, valid, self.window_size, self.sigma):
             y = None
             if chunk.present:
-                y = one_hot_chunk(order.labels, valid, chunk.positions, x.dtype, channels_last=True)
-            bce, s, chunk_grad = self._chunk(gather_classes(x, chunk.classes), y, stats, count, with_grad)
+                y = one_hot_chunk(labels, valid[images], chunk.positions, x.dtype, channels_last=True)
+            bce, s, chunk_grad = self._chunk(gather_classes(x[images], chunk.classes), y, stats, count, with_grad)
             bce_sum, s_sum = bce_sum + bce, s_sum + s
             if with_grad:
-                scatter_classes(grad, chunk.classes, chunk_grad)
+                scatter_classes(grad[images], chunk.classes, chunk_grad)
         return bce_sum, count - s_sum, count, grad
 
     def _chunk(self, pm, y, stats, count, with_grad):

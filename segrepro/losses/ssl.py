@@ -9,8 +9,8 @@ from torch import nn
 
 from ._functional import autocast_off, check_window, prepare
 from ._window import (
-    LocalStats, PresentFirst, center_weight, check_sigma, chunks_in_order, class_chunks, eager_forward, eager_terms,
-    gather_classes, log_q, normalized_parts, normalized_zero, one_hot_chunk, scatter_classes,
+    LocalStats, center_weight, check_sigma, chunks_in_order, class_chunks, eager_forward, eager_terms,
+    gather_classes, log_q, normalized_parts, normalized_zero, one_hot_chunk, present_chunks, scatter_classes,
 )
 
 TERMS = ("bce", "ssl", "hard_fraction", "norm_pred_min", "norm_pred_max", "norm_gt_min", "norm_gt_max",
@@ -100,11 +100,10 @@ class SSLLoss(nn.Module):
         """``e [N, C, H, W]`` of Eq. 10, detached; 0 at ignored pixels."""
         with autocast_off(logits.device.type), torch.no_grad():
             x, target, valid = prepare(logits, target, self.ignore_index)
-            order = PresentFirst(target, valid, x.shape[1])
-            stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
             e = torch.empty_like(x)
-            for chunk in order.chunks:
-                scatter_classes(e, chunk.classes, self._error(*self._parts(x, order.labels, valid, chunk, stats)))
+            for images, labels, stats, chunk in present_chunks(x, target, valid, self.region_size, self.sigma):
+                parts = self._parts(x[images], labels, valid[images], chunk, stats)
+                scatter_classes(e[images], chunk.classes, self._error(*parts))
             return e
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -113,15 +112,16 @@ class SSLLoss(nn.Module):
     @torch.no_grad()
     def _value_and_grad(self, x, target, valid, with_grad: bool):
         """The objective, and how to get its gradient w.r.t. ``x`` (``e`` and ``f`` constants). One pass over
-        chunks of classes, present classes first (:class:`PresentFirst`: absent ones skip their one-hot
+        chunks of classes, present classes first (:func:`present_chunks`: absent ones skip their one-hot
         statistics), sums each entry's BCE, alone and weighted by ``e f`` (``f`` when not reweighting),
         counts the hard entries ``M`` and stores ``e f`` where the gradient goes; the objective is
         ``lam / #valid * sum(bce) + (1 - lam) / M * sum(e f bce)``. The gradient, ``w (sigmoid(x) - y)``
         with ``w = lam / #valid + (1 - lam) e f / M``, is computed in the backward (:meth:`_gradient`)."""
-        order = PresentFirst(target, valid, x.shape[1])
-        stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
         weights = torch.empty_like(x) if with_grad else None
-        sums = [self._chunk_sums(x, order.labels, valid, chunk, stats, weights) for chunk in order.chunks]
+        sums = []
+        for images, labels, stats, chunk in present_chunks(x, target, valid, self.region_size, self.sigma):
+            out = None if weights is None else weights[images]
+            sums.append(self._chunk_sums(x[images], labels, valid[images], chunk, stats, out))
         bce, hard_bce, hard = (sum(column) for column in zip(*sums))
         bce_scale = self.lam / (int(valid.sum()) * x.shape[1])
         hard_scale = (1.0 - self.lam) / max(int(hard), 1)
