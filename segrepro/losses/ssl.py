@@ -140,11 +140,12 @@ class SSLLoss(nn.Module):
         elif self.reweight:  # e f in one step: entries above beta e_max keep e, the rest become 0
             weight = torch.nn.functional.threshold_(e, self.beta * self.e_max, 0.0)
             # A float 0/1 map summed: on CPU 5x faster than summing a boolean one, and count_nonzero is slower
-            # still; the count is exact up to 2^24 hard entries per chunk and off by less than 1e-7 beyond.
-            hard = torch.gt(weight, 0.0, out=torch.empty_like(weight)).sum()
+            # still; the count is exact up to 2^24 hard entries per chunk and off by less than 1e-7 beyond
+            # (chunks' counts are added as integers).
+            hard = torch.gt(weight, 0.0, out=torch.empty_like(weight)).sum().long()
         else:
             weight = e.gt_(self.beta * self.e_max)  # f as a float 0/1 map
-            hard = weight.sum()
+            hard = weight.sum().long()
         if weights is not None:
             scatter_classes(weights, chunk.classes, weight)
         return bce_sum, bce.mul_(weight).sum(), hard
