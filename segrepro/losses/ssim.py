@@ -68,7 +68,7 @@ class SSIMLoss(nn.Module):
 
     def _chunk(self, pm, y, stats, count, with_grad):
         """One chunk of classes: its logits ``pm`` (overwritten) and one-hot map ``y`` (channels-last; None
-        for classes absent from the batch) to ``(sum of BCE, sum of S, d objective / d logits or None)``.
+        for classes absent from the chunk's images) to ``(sum of BCE, sum of S, d objective / d logits or None)``.
         Temporaries are dropped as soon as possible."""
         # Masked, then summed: summing over the channels of a channels-last map first is several times slower.
         bce_sum = -log_q(pm, y).mul_(stats.mask).sum()
