@@ -133,6 +133,24 @@ def test_gradient_follows_the_upstream_gradient_and_survives_a_retained_graph(na
 
 
 @pytest.mark.parametrize("name", LOSSES)
+def test_gradients_accumulate_through_a_view_over_repeated_backwards(name):
+    """``.grad`` of a leaf seen through a view sums the backwards of a retained graph, and zeroing it in place
+    leaves the next backward whole (a loss that hands autograd a gradient it still holds would see it
+    aliased by ``.grad`` and overwritten)."""
+    loss = make(name).double()
+    logits, target = sample(dtype=torch.float64)
+    (once,) = torch.autograd.grad(evaluate(loss, logits.requires_grad_(), target), logits)
+    flat = logits.detach().flatten().requires_grad_()
+    value = evaluate(loss, flat.view_as(logits), target)
+    for _ in range(3):
+        value.backward(retain_graph=True)
+    torch.testing.assert_close(flat.grad.view_as(once), 3.0 * once, rtol=1e-12, atol=1e-15)
+    flat.grad.zero_()
+    value.backward()
+    torch.testing.assert_close(flat.grad.view_as(once), once, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", LOSSES)
 def test_float64_stays_float64(name):
     loss = make(name).double()
     logits, target = sample(dtype=torch.float64)

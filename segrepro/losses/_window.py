@@ -6,7 +6,8 @@ statistics of a pixel are taken over the in-image, non-ignored pixels of its
 window only, with the window weights renormalized to sum to one over those
 pixels: ``mean(v)_i = sum_j w_(j-i) m_j v_j / sum_j w_(j-i) m_j`` with ``m``
 the valid mask. Both sums are depthwise convolutions with zero padding; the
-denominator does not depend on the class, so it is one channel, computed once.
+denominator does not depend on the class, so it is computed once per number of
+channels (:class:`LocalStats`).
 
 Also the machinery shared by the losses that compute their gradient together
 with their value (SSL, SSIM, affinity field): chunks of classes, channels-last
@@ -66,17 +67,19 @@ class LocalStats:
     ``window_sum(v)`` is the plain weighted sum over each full window (zero
     padding), a depthwise convolution (in two 1-D passes for wide windows); as the
     window is symmetric, it is also the transpose of that sum, so the gradient
-    of ``mean`` is ``window_sum(g * inv)``, ``inv`` the reciprocal weight sum.
+    of ``mean`` is ``window_sum(g / weight_sum)``.
+
+    The mask and the weight sum come in ``v``'s shape and layout (:meth:`mask_like`,
+    :meth:`weight_sum_like`), kept per channel count: broadcasting one channel
+    over a channels-last map is about 4x slower on CPU than a full-size operand.
     """
 
     def __init__(self, size: int, sigma, valid: torch.Tensor, dtype: torch.dtype):
         self.size = size
         self.factor = window_1d(size, sigma).to(dtype=dtype, device=valid.device)
-        self.mask = valid.unsqueeze(1).to(dtype)
-        # Ignored centers divide by infinity (the means, :meth:`_weight_sum_like`): their mean is 0 whatever the
-        # window holds, and so is this reciprocal weight sum.
-        self.inv = self.window_sum(self.mask).masked_fill_(~valid.unsqueeze(1), math.inf).reciprocal_()
-        self._repeated = {}
+        self.valid = valid
+        self.dtype = dtype
+        self._per_channels = {}
 
     def window_sum(self, v: torch.Tensor) -> torch.Tensor:
         k, r = v.shape[1], self.size // 2
@@ -87,19 +90,28 @@ class LocalStats:
         return F.conv2d(rows, self.factor.view(1, 1, -1, 1).expand(k, 1, self.size, 1), padding=(r, 0), groups=k)
 
     def mean(self, v: torch.Tensor) -> torch.Tensor:
-        return self.window_sum(v).div_(self._weight_sum_like(v))
+        return self.window_sum(v).div_(self.weight_sum_like(v))
 
-    def _weight_sum_like(self, v: torch.Tensor) -> torch.Tensor:
-        """The weight sum over ``v``'s channels in ``v``'s layout, kept per channel count. It is the window
-        sum of the mask repeated over those channels, taken by the same convolution as ``v``'s: a one-channel
-        convolution may add in another order, and ``window_sum(y) / weight_sum`` would then miss 1 by an ulp
-        in windows of one label (seen with 11x11 windows on one image). Dividing a channels-last map by it
-        is also several times faster on CPU than broadcasting one channel."""
-        k = v.shape[1]
-        if k not in self._repeated:
-            mask = self.mask.expand_as(v).contiguous(memory_format=torch.channels_last)
-            self._repeated[k] = self.window_sum(mask).masked_fill_(self.mask == 0, math.inf)
-        return self._repeated[k]
+    def mask_like(self, v: torch.Tensor) -> torch.Tensor:
+        """The valid mask (1 or 0) repeated over ``v``'s channels, channels-last."""
+        return self._channels(v.shape[1])[0]
+
+    def weight_sum_like(self, v: torch.Tensor) -> torch.Tensor:
+        """The window's weight sum over the valid pixels, repeated over ``v``'s channels, channels-last;
+        infinite at ignored centers, so that dividing by it gives 0 there whatever the window holds. It is
+        the window sum of :meth:`mask_like`, taken by the same convolution as ``v``'s: a one-channel
+        convolution may add in another order, and ``window_sum(y) / weight_sum`` would then miss 1 by an
+        ulp in windows of one label (seen with 11x11 windows on one image)."""
+        return self._channels(v.shape[1])[1]
+
+    def _channels(self, k: int):
+        if k not in self._per_channels:
+            n, h, w = self.valid.shape
+            mask = torch.empty((n, k, h, w), dtype=self.dtype, device=self.valid.device,
+                               memory_format=torch.channels_last)
+            mask.copy_(self.valid.unsqueeze(1).expand(n, k, h, w))
+            self._per_channels[k] = mask, self.window_sum(mask).masked_fill_(mask == 0, math.inf)
+        return self._per_channels[k]
 
 
 def normalized_parts(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool):
@@ -248,11 +260,32 @@ class _AttachGrad(torch.autograd.Function):
         return (ctx.gradient(*tensors, grad_output), None, None) + (None,) * len(tensors)
 
 
+class Precomputed:
+    """The backward of a loss that computes its gradient ``grad`` along with its value: hand
+    ``(Precomputed(grad, recompute), (x, target, valid))`` to :func:`eager_forward`.
+
+    The first backward gives ``grad`` to autograd and keeps no reference to it, so autograd needs no copy,
+    and for the usual ``grad_output`` of 1 on CPU not even the product (a pass over memory that has left the
+    cache: about 2 ms, 8 % of SSIM, at the bench's CPU size). A later backward through a retained graph
+    computes the gradient again with ``recompute(x, target, valid)``."""
+
+    def __init__(self, grad: torch.Tensor, recompute):
+        self.grad, self.recompute = grad, recompute
+
+    def __call__(self, x, target, valid, grad_output):
+        grad, self.grad = self.grad, None
+        if grad is None:
+            grad = self.recompute(x, target, valid)
+        if grad_output.device.type != "cpu" or not bool(grad_output == 1):
+            grad.mul_(grad_output)
+        return grad
+
+
 def eager_forward(value_and_grad, logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """The forward of a loss that works out its own gradient, without an autograd graph:
     ``value_and_grad(x, target, valid, with_grad) -> (value, backward)`` on checked inputs in the compute
     dtype, ``backward`` (not used when ``with_grad`` is false) ``(gradient, tensors)`` with
-    ``gradient(*tensors, grad_output)`` the gradient w.r.t. ``x`` (``(torch.mul, (grad,))`` for a gradient
+    ``gradient(*tensors, grad_output)`` the gradient w.r.t. ``x`` (:class:`Precomputed` for a gradient
     computed along with the value). The result is a scalar carrying that gradient; a batch with no valid
     pixel gives a zero with a graph."""
     with autocast_off(logits.device.type):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._functional import check_window
-from ._window import chunks_in_order, eager_forward, eager_terms, gather_classes
+from ._window import Precomputed, chunks_in_order, eager_forward, eager_terms, gather_classes
 
 EPS = 1e-4  # clipping of p and 1 - p, as in the official implementation
 
@@ -185,7 +185,8 @@ class AffinityFieldLoss(nn.Module):
 
     def _value_and_grad(self, x, target, valid, with_grad: bool):
         ce, edge, non_edge, grad = self._compute(x, target, valid, with_grad)
-        return ce + self.dec * (self.lam_edge * edge + self.lam_nonedge * non_edge), (torch.mul, (grad,))
+        backward = Precomputed(grad, lambda *inputs: self._compute(*inputs, with_grad=True)[3])
+        return ce + self.dec * (self.lam_edge * edge + self.lam_nonedge * non_edge), (backward, (x, target, valid))
 
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"ce", "edge", "non_edge"}``: the plain means, before ``lam_*`` and the decay factor

@@ -6,7 +6,8 @@ from torch import nn
 
 from ._functional import check_window
 from ._window import (
-    check_sigma, eager_forward, eager_terms, gather_classes, log_q, one_hot_chunk, present_chunks, scatter_classes,
+    Precomputed, check_sigma, eager_forward, eager_terms, gather_classes, log_q, one_hot_chunk, present_chunks,
+    scatter_classes,
 )
 
 C1 = 0.01**2
@@ -70,9 +71,10 @@ class SSIMLoss(nn.Module):
         """One chunk of classes: its logits ``pm`` (overwritten) and one-hot map ``y`` (channels-last; None
         for classes absent from the chunk's images) to ``(sum of BCE, sum of S, d objective / d logits or None)``.
         Temporaries are dropped as soon as possible."""
+        mask = stats.mask_like(pm)
         # Masked, then summed: summing over the channels of a channels-last map first is several times slower.
-        bce_sum = -log_q(pm, y).mul_(stats.mask).sum()
-        pm.sigmoid_().mul_(stats.mask)
+        bce_sum = -log_q(pm, y).mul_(mask).sum()
+        pm.sigmoid_().mul_(mask)
         m1, b2 = stats.mean(pm), stats.mean(pm * pm)
         # B2 = var_p + var_y + C2 with var_y = mu_y - mu_y^2 for a binary map (SSL Eq. 16); S2 = A2 / B2.
         b2.addcmul_(m1, m1, value=-1)
@@ -95,17 +97,19 @@ class SSIMLoss(nn.Module):
             s = s1 * s2
         else:
             s = s2
-        s_sum = s.mul_(stats.mask).sum()  # (the gradient factors below are 0 at ignored centers anyway)
+        s_sum = s.mul_(mask).sum()  # (the gradient factors below are 0 at ignored centers anyway)
         if not with_grad:
             return bce_sum, s_sum, None
         # dS/d mean(p y) = 2 S1 / B2, dS/d mean(p^2) = -S / B2, dS/d mean(p) = 2 g1 below; the objective
         # has -(1 - lam) / count times these, and d mean(v)_i / d v_j = window weight * inv_i.
-        # The adjoint of a local mean divides by the window's weight sum first: fold that (inv) in here.
-        r2 = b2.reciprocal_().mul_(stats.inv)
+        # The adjoint of a local mean divides by the window's weight sum first: fold that in here (it is
+        # infinite at ignored centers, where these factors become 0).
+        weight_sum = stats.weight_sum_like(pm)
+        r2 = b2.mul_(weight_sum).reciprocal_()
         g1 = m1 * s2 if y is None else (m1 * s2).sub_(mu_y)
         if self.form == "eq7":
-            # (dS1 / d mean p) S2 / 2 = (mu_y - mean(p) S1) S2 / B1, times the adjoint's inv.
-            dmu_s1 = (m1.mul_(s1).neg_() if y is None else mu_y.sub_(m1.mul_(s1))).mul_(s2).div_(b1).mul_(stats.inv)
+            # (dS1 / d mean p) S2 / 2 = (mu_y - mean(p) S1) S2 / B1, over the adjoint's weight sum.
+            dmu_s1 = (m1.mul_(s1).neg_() if y is None else mu_y.sub_(m1.mul_(s1))).mul_(s2).div_(b1.mul_(weight_sum))
             del b1
             g12 = s1.mul_(r2)
             g1.mul_(g12).add_(dmu_s1)
@@ -129,7 +133,8 @@ class SSIMLoss(nn.Module):
 
     def _value_and_grad(self, x, target, valid, with_grad: bool):
         bce_sum, ssim_sum, count, grad = self._sums(x, target, valid, with_grad)
-        return (self.lam * bce_sum + (1.0 - self.lam) * ssim_sum) / count, (torch.mul, (grad,))
+        backward = Precomputed(grad, lambda *inputs: self._sums(*inputs, with_grad=True)[3])
+        return (self.lam * bce_sum + (1.0 - self.lam) * ssim_sum) / count, (backward, (x, target, valid))
 
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"bce": BCE, "ssim": L_ssim}``, the two means before ``lam`` (0 when no pixel is valid)."""

@@ -78,8 +78,9 @@ class SSLLoss(nn.Module):
         ``normalized_zero(c4)``). ``with_bce``: the entries' BCE (0 at ignored pixels) comes third."""
         xc = gather_classes(x, chunk.classes)
         y = one_hot_chunk(labels, valid, chunk.positions, x.dtype, channels_last=True) if chunk.present else None
-        bce = log_q(xc, y).neg_().mul_(stats.mask) if with_bce else None
-        p_parts = normalized_parts(xc.sigmoid_().mul_(stats.mask), stats, self.c4, binary=False)
+        mask = stats.mask_like(xc)
+        bce = log_q(xc, y).neg_().mul_(mask) if with_bce else None
+        p_parts = normalized_parts(xc.sigmoid_().mul_(mask), stats, self.c4, binary=False)
         y_parts = None if y is None else normalized_parts(y, stats, self.c4, binary=True)
         return (y_parts, p_parts, bce) if with_bce else (y_parts, p_parts)
 
@@ -136,7 +137,7 @@ class SSLLoss(nn.Module):
         e = self._error(y_parts, p_parts)
         bce_sum = bce.sum()
         if not self.ohem:  # f is the valid mask
-            weight, hard = (e if self.reweight else stats.mask.expand_as(e)), valid.sum() * e.shape[1]
+            weight, hard = (e if self.reweight else stats.mask_like(e)), valid.sum() * e.shape[1]
         elif self.reweight:  # e f in one step: entries above beta e_max keep e, the rest become 0
             weight = torch.nn.functional.threshold_(e, self.beta * self.e_max, 0.0)
             # A float 0/1 map summed: on CPU 5x faster than summing a boolean one, and count_nonzero is slower
