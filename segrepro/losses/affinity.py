@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._functional import check_window
-from ._window import Precomputed, chunks_in_order, eager_forward, eager_terms, gather_classes
+from ._window import (
+    Precomputed, chunks_in_order, eager_forward, eager_terms, gather_classes, image_groups, repeat_channels,
+)
 
 EPS = 1e-4  # clipping of p and 1 - p, as in the official implementation
 
@@ -127,9 +129,7 @@ class AffinityFieldLoss(nn.Module):
             n_non_edge = int(pairs.sum()) * num_classes - n_edge
             # (An empty set of non-edge entries: the dense sum is all edges, and both are left out.)
             non_edge_scale = self.dec * self.lam_nonedge / n_non_edge if n_non_edge else 0.0
-            total = sum(self._dense_chunk(p, chunk.classes, mask, pairs, non_edge_scale,
-                                          None if grad is None else grad[:, chunk.positions])
-                        for chunk in chunks_in_order(num_classes))
+            total = self._dense_sum(p, mask, pairs, non_edge_scale, grad)
             kl, d_center, d_neighbour = _pair_kl(p[n, cls, ci, cj], p[n, cls, ni, nj], with_grad)
             edge = (self.margin - kl).clamp_(min=0).sum() / max(n_edge, 1)
             if n_non_edge:  # accumulated in float64: the edge entries are a large part of the dense sum
@@ -147,28 +147,50 @@ class AffinityFieldLoss(nn.Module):
             grad.addcmul_(p, mask, value=1.0 / n_valid).scatter_add_(1, label, mask.mul(-1.0 / n_valid))
         return ce, edge, non_edge, grad
 
+    def _dense_sum(self, p, mask, pairs, scale, grad):
+        """Dense ``sum KL`` over all entries (float64), one chunk of classes at a time for each group of
+        images (:func:`image_groups`); writes ``scale * d sum / d p`` into ``grad`` unless it is None. The
+        one-channel ``mask`` and ``pairs`` are repeated over a chunk's channels (:func:`repeat_channels`)."""
+        total = 0.0
+        for images in image_groups(p):
+            repeated = {}
+            for chunk in chunks_in_order(p.shape[1]):
+                k = len(chunk.classes)
+                if k not in repeated:
+                    repeated[k] = repeat_channels(mask[images], k), repeat_channels(pairs[images], k)
+                total += self._dense_chunk(p[images], chunk.classes, *repeated[k], scale,
+                                           None if grad is None else grad[images, chunk.positions])
+        return total
+
     def _dense_chunk(self, p, classes, mask, pairs, scale, grad):
-        """Dense ``sum KL`` over all entries of one chunk of classes (channels-last, float64); writes
-        ``scale * d sum / d p`` into ``grad`` (a view) unless it is None."""
+        """Dense ``sum KL`` over all entries of one chunk of classes (channels-last; ``mask`` and ``pairs`` in
+        the chunk's shape), as a float64 scalar; writes ``scale * d sum / d p`` into ``grad`` (a view) unless
+        it is None."""
         # In-place steps, and P and Q clipped again for the gradient rather than kept, hold at most 7 chunk-sized
-        # maps at once (a float64 sum copies its input).
+        # maps at once.
         big_p = gather_classes(p, classes)
         big_q = torch.rsub(big_p, 1.0).clamp_(EPS, 1.0)
         big_p.clamp_(EPS, 1.0)
         log_p, log_q = big_p.log(), big_q.log()
-        total = (big_p * log_p).addcmul_(big_q, log_q).mul_(pairs).sum(dtype=torch.float64)
+        dense = (big_p * log_p).addcmul_(big_q, log_q).mul_(pairs)
         ring_p, ring_q = self._ring(big_p.mul_(mask)), self._ring(big_q.mul_(mask))
         del big_p, big_q
-        total -= (log_p * ring_p).addcmul_(log_q, ring_q).mul_(mask).sum(dtype=torch.float64)
+        # The two parts are large and of opposite signs: their difference is taken per entry, where it is
+        # small, and summed in float64 (a float64 sum copies its input, once here).
+        total = dense.sub_((log_p * ring_p).addcmul_(log_q, ring_q).mul_(mask)).sum(dtype=torch.float64)
+        del dense
         if grad is None:
             return total
         # d / dP = n (log P + 1) - v R(vP) / P - v R(v log P), likewise for Q (n is 0 wherever v is, so
-        # log P may be masked first); then through the clipping (derivative 0 where it is active).
+        # log P may be masked first); then through the clipping (derivative 0 where it is active: multiplied
+        # by a 0/1 map, 4x faster on CPU than masked_fill_ with a boolean one).
         pc = gather_classes(p, classes)
-        d_p = self._grad_part(pc.clamp(EPS, 1.0), log_p, ring_p, mask, pairs).masked_fill_(pc < EPS, 0.0)
+        d_p = self._grad_part(pc.clamp(EPS, 1.0), log_p, ring_p, mask, pairs)
+        d_p.mul_(torch.ge(pc, EPS, out=torch.empty_like(pc)))
         del log_p, ring_p
         big_q = torch.rsub(pc, 1.0).clamp_(EPS, 1.0)
-        d_q = self._grad_part(big_q, log_q, ring_q, mask, pairs).masked_fill_(pc > 1.0 - EPS, 0.0)
+        d_q = self._grad_part(big_q, log_q, ring_q, mask, pairs)
+        d_q.mul_(torch.le(pc, 1.0 - EPS, out=big_q))
         del big_q, log_q, ring_q, pc
         grad.copy_(d_p.sub_(d_q).mul_(mask).mul_(scale))
         return total
