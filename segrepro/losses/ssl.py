@@ -9,8 +9,8 @@ from torch import nn
 
 from ._functional import autocast_off, check_window, prepare
 from ._window import (
-    LocalStats, center_weight, check_sigma, chunks_in_order, class_chunks, eager_forward, eager_terms,
-    gather_classes, log_q, normalized_parts, normalized_zero, one_hot_chunk, present_chunks, scatter_classes,
+    LocalStats, center_weight, check_sigma, chunks_in_order, eager_forward, eager_terms, gather_classes, log_q,
+    normalized_parts, normalized_zero, one_hot_chunk, present_chunks, scatter_classes,
 )
 
 TERMS = ("bce", "ssl", "hard_fraction", "norm_pred_min", "norm_pred_max", "norm_gt_min", "norm_gt_max",
@@ -71,18 +71,20 @@ class SSLLoss(nn.Module):
         # region_size=1 (w_c = 1): e is 0 everywhere and so is its range.
         self.e_max = 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + self.c4) if w_c < 1 else 0.0
 
-    def _parts(self, x, labels, valid, chunk, stats, with_bce=False):
+    def _parts(self, x, labels, valid, chunk, stats, for_loss=False):
         """``((num_y, den_y), (num_p, den_p))``: ``y_nor`` and ``p_nor`` of Eq. 10 as ``num / den`` for the
         classes of ``chunk`` (channels-last, no gradient; ``labels`` in the chunk's order); both are 1 at
         ignored pixels. For classes absent from the batch the first part is None (``y_nor`` is
-        ``normalized_zero(c4)``). ``with_bce``: the entries' BCE (0 at ignored pixels) comes third."""
+        ``normalized_zero(c4)``). ``for_loss``: then also the entries' BCE, ``p = sigmoid(x)`` and the
+        one-hot ``y`` (None for absent classes), all 0 at ignored pixels."""
         xc = gather_classes(x, chunk.classes)
         y = one_hot_chunk(labels, valid, chunk.positions, x.dtype, channels_last=True) if chunk.present else None
         mask = stats.mask_like(xc)
-        bce = log_q(xc, y).neg_().mul_(mask) if with_bce else None
-        p_parts = normalized_parts(xc.sigmoid_().mul_(mask), stats, self.c4, binary=False)
+        bce = log_q(xc, y).neg_().mul_(mask) if for_loss else None
+        p = xc.sigmoid_().mul_(mask)
+        p_parts = normalized_parts(p, stats, self.c4, binary=False)
         y_parts = None if y is None else normalized_parts(y, stats, self.c4, binary=True)
-        return (y_parts, p_parts, bce) if with_bce else (y_parts, p_parts)
+        return (y_parts, p_parts, bce, p, y) if for_loss else (y_parts, p_parts)
 
     def _error(self, y_parts, p_parts) -> torch.Tensor:
         """``e = |y_nor - p_nor|`` (Eq. 10) from the parts of :meth:`_parts`, channels-last; 0 at ignored pixels."""
@@ -114,30 +116,33 @@ class SSLLoss(nn.Module):
     def _value_and_grad(self, x, target, valid, with_grad: bool):
         """The objective, and how to get its gradient w.r.t. ``x`` (``e`` and ``f`` constants). One pass over
         chunks of classes, present classes first (:func:`present_chunks`: absent ones skip their one-hot
-        statistics), sums each entry's BCE, alone and weighted by ``e f`` (``f`` when not reweighting),
-        counts the hard entries ``M`` and stores ``e f`` where the gradient goes; the objective is
-        ``lam / #valid * sum(bce) + (1 - lam) / M * sum(e f bce)``. The gradient, ``w (sigmoid(x) - y)``
-        with ``w = lam / #valid + (1 - lam) e f / M``, is computed in the backward (:meth:`_gradient`)."""
-        weights = torch.empty_like(x) if with_grad else None
-        sums = []
+        statistics), sums each entry's BCE, alone and weighted by ``e f`` (``f`` when not reweighting), and
+        counts the hard entries ``M``; the objective is ``lam / #valid * sum(bce) + (1 - lam) / M * sum(e f bce)``.
+        Its gradient is ``lam / #valid * d + (1 - lam) / M * e f d`` with ``d = sigmoid(x) - y``: each chunk
+        keeps ``d`` and ``e f d`` (channels-last, made while they are in cache) for the backward
+        (:meth:`_gradient`), which only has to weigh them once ``M`` is known."""
+        sums, chunks, maps = [], [], []
         for images, labels, stats, chunk in present_chunks(x, target, valid, self.region_size, self.sigma):
-            out = None if weights is None else weights[images]
-            sums.append(self._chunk_sums(x[images], labels, valid[images], chunk, stats, out))
+            chunk_sums, chunk_maps = self._chunk_sums(x[images], labels, valid[images], chunk, stats, with_grad)
+            sums.append(chunk_sums)
+            if with_grad:
+                chunks.append((images, chunk.classes))
+                maps.extend(chunk_maps)
         bce, hard_bce, hard = (sum(column) for column in zip(*sums))
         bce_scale = self.lam / (int(valid.sum()) * x.shape[1])
         hard_scale = (1.0 - self.lam) / max(int(hard), 1)
         value = bce * bce_scale + hard_bce * hard_scale
-        return value, (partial(self._gradient, bce_scale=bce_scale, hard_scale=hard_scale),
-                       (x, target, valid, weights))
+        return value, (partial(self._gradient, chunks=chunks, bce_scale=bce_scale, hard_scale=hard_scale),
+                       (x, *maps))
 
-    def _chunk_sums(self, x, labels, valid, chunk, stats, weights):
-        """One chunk: ``(sum of BCE, sum of e f BCE, sum of f)`` over its valid entries; ``weights`` (None
-        without gradient) gets ``e f`` (or ``f``) at the chunk's classes."""
-        y_parts, p_parts, bce = self._parts(x, labels, valid, chunk, stats, with_bce=True)
+    def _chunk_sums(self, x, labels, valid, chunk, stats, with_grad):
+        """One chunk: ``(sum of BCE, sum of e f BCE, sum of f)`` over its valid entries, and with the gradient
+        the maps ``(d, e f d)``, ``d = sigmoid(x) - y`` (0 at ignored pixels; made in the buffers of p and e)."""
+        y_parts, p_parts, bce, p, y = self._parts(x, labels, valid, chunk, stats, for_loss=True)
         e = self._error(y_parts, p_parts)
         bce_sum = bce.sum()
         if not self.ohem:  # f is the valid mask
-            weight, hard = (e if self.reweight else stats.mask_like(e)), valid.sum() * e.shape[1]
+            weight, hard = (e if self.reweight else None), valid.sum() * e.shape[1]
         elif self.reweight:  # e f in one step: entries above beta e_max keep e, the rest become 0
             weight = torch.nn.functional.threshold_(e, self.beta * self.e_max, 0.0)
             # A float 0/1 map summed: on CPU 5x faster than summing a boolean one, and count_nonzero is slower
@@ -147,20 +152,20 @@ class SSLLoss(nn.Module):
         else:
             weight = e.gt_(self.beta * self.e_max)  # f as a float 0/1 map
             hard = weight.sum().long()
-        if weights is not None:
-            scatter_classes(weights, chunk.classes, weight)
-        return bce_sum, bce.mul_(weight).sum(), hard
+        hard_bce_sum = bce_sum if weight is None else bce.mul_(weight).sum()  # (no weight: f is the mask)
+        if not with_grad:
+            return (bce_sum, hard_bce_sum, hard), ()
+        d = p if y is None else p.sub_(y)
+        return (bce_sum, hard_bce_sum, hard), (d, d if weight is None else weight.mul_(d))
 
     @torch.no_grad()
-    def _gradient(self, x, target, valid, weights, grad_output, bce_scale, hard_scale):
-        """``grad_output * w (sigmoid(x) - y)``, ``w = bce_scale + hard_scale * e f`` at valid entries
-        (``weights`` holds ``e f``)."""
+    def _gradient(self, x, *maps_and_grad_output, chunks, bce_scale, hard_scale):
+        """``grad_output (bce_scale d + hard_scale e f d)`` from each chunk's maps ``(d, e f d)``."""
+        *maps, grad_output = maps_and_grad_output
         grad = torch.empty_like(x)
-        mask = valid.unsqueeze(1).to(x.dtype)
         bce_scale, hard_scale = grad_output * bce_scale, grad_output * hard_scale
-        for classes in class_chunks(x.shape[1]):
-            w = torch.mul(weights[:, classes], hard_scale, out=grad[:, classes]).addcmul_(mask, bce_scale)
-            w.mul_(torch.sigmoid(x[:, classes]).sub_(one_hot_chunk(target, valid, classes, x.dtype)))
+        for (images, classes), d, weighted in zip(chunks, maps[0::2], maps[1::2]):
+            scatter_classes(grad[images], classes, torch.mul(d, bce_scale).addcmul_(weighted, hard_scale))
         return grad
 
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
