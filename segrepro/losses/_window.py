@@ -76,8 +76,7 @@ class LocalStats:
     def __init__(self, size: int, sigma, valid: torch.Tensor, dtype: torch.dtype):
         self.size = size
         self.factor = window_1d(size, sigma).to(dtype=dtype, device=valid.device)
-        self.valid = valid
-        self.dtype = dtype
+        self.mask = valid.unsqueeze(1).to(dtype)  # [N, 1, H, W]
         self._per_channels = {}
 
     def window_sum(self, v: torch.Tensor) -> torch.Tensor:
@@ -105,21 +104,21 @@ class LocalStats:
 
     def _channels(self, k: int):
         if k not in self._per_channels:
-            mask = repeat_channels(self.valid.unsqueeze(1), k, self.dtype)
+            mask = repeat_channels(self.mask, k)
             # Infinite at ignored centers as (sum + tiny) / 0, also where the sum is 0; at valid centers the sum
             # (at least the center's weight) is bitwise unchanged by tiny and by the division by 1. Two float
             # passes: a boolean mask and masked_fill_ take 4x as long on CPU.
-            weight_sum = self.window_sum(mask).add_(torch.finfo(self.dtype).tiny).div_(mask)
+            weight_sum = self.window_sum(mask).add_(torch.finfo(mask.dtype).tiny).div_(mask)
             self._per_channels[k] = mask, weight_sum
         return self._per_channels[k]
 
 
-def repeat_channels(m: torch.Tensor, k: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A one-channel map ``[N, 1, H, W]`` repeated over ``k`` channels, channels-last, as ``dtype`` (default:
-    ``m``'s): broadcasting one channel over a channels-last map is about 4x slower on CPU than a full-size
-    operand."""
+def repeat_channels(m: torch.Tensor, k: int) -> torch.Tensor:
+    """A one-channel map ``[N, 1, H, W]`` repeated over ``k`` channels, channels-last: broadcasting one
+    channel over a channels-last map is about 4x slower on CPU than a full-size operand (and a boolean ``m``
+    is 3x slower to repeat as floats than a float one)."""
     n, _, h, w = m.shape
-    out = torch.empty((n, k, h, w), dtype=dtype or m.dtype, device=m.device, memory_format=torch.channels_last)
+    out = torch.empty((n, k, h, w), dtype=m.dtype, device=m.device, memory_format=torch.channels_last)
     return out.copy_(m.expand(n, k, h, w))
 
 
