@@ -31,8 +31,8 @@ class SSIMLoss(nn.Module):
     statistics of ``p``. The value and its gradient are computed together in
     chunks of classes (the gradient of the window statistics is the same
     window applied to the per-center derivatives), so no autograd graph of the
-    statistics is kept. The classes absent from the batch (one-hot map 0, so
-    ``mu_y = var_y = cov = 0``) skip the statistics that involve ``y``.
+    statistics is kept. The classes absent from an image (one-hot map 0, so
+    ``mu_y = var_y = cov = 0``) take a closed form without the statistics that involve ``y``.
     """
 
     def __init__(self, window_size: int = 3, sigma: float | None = 1.5, form: str = "eq7", lam: float = 0.5,
@@ -69,47 +69,47 @@ class SSIMLoss(nn.Module):
 
     def _chunk(self, pm, y, stats, count, with_grad):
         """One chunk of classes: its logits ``pm`` (overwritten) and one-hot map ``y`` (channels-last; None
-        for classes absent from the chunk's images) to ``(sum of BCE, sum of S, d objective / d logits or None)``.
-        Temporaries are dropped as soon as possible."""
+        for classes absent from the chunk's images) to ``(sum of BCE, sum of S, d objective / d logits or None)``."""
         mask = stats.mask_like(pm)
         # Masked, then summed: summing over the channels of a channels-last map first is several times slower.
         bce_sum = -log_q(pm, y).mul_(mask).sum()
         pm.sigmoid_().mul_(mask)
+        s_sum, dp, scale = self._absent(pm, stats, mask, with_grad) if y is None else (
+            self._present(pm, y, stats, mask, with_grad))
+        if not with_grad:
+            return bce_sum, s_sum, None
+        # Chain through the sigmoid (pm (1 - pm) is p (1 - p), 0 at ignored pixels), add the BCE gradient.
+        sigmoid_grad = torch.addcmul(pm, pm, pm, value=-1)
+        bce_grad = (pm if y is None else pm.sub_(y)).mul_(self.lam / count)
+        return bce_sum, s_sum, bce_grad.addcmul_(dp, sigmoid_grad, value=-scale * (1.0 - self.lam) / count)
+
+    def _present(self, pm, y, stats, mask, with_grad):
+        """``(sum of S, dS/dp / scale or None, scale)`` for a chunk of ``p`` (``pm``) and one-hot maps ``y``.
+        Temporaries are dropped as soon as possible."""
         m1, b2 = stats.mean(pm), stats.mean(pm * pm)
         # B2 = var_p + var_y + C2 with var_y = mu_y - mu_y^2 for a binary map (SSL Eq. 16); S2 = A2 / B2.
-        b2.addcmul_(m1, m1, value=-1)
-        if y is None:  # mu_y = var_y = cov = 0: S2 = C2 / B2 (and S1 = C1 / B1)
-            mu_y = None
-            b2.add_(C2)
-            s2 = torch.full_like(b2, C2).div_(b2)
-        else:
-            mu_y, s2 = stats.mean(y), stats.mean(pm * y)
-            b2.add_(mu_y).addcmul_(mu_y, mu_y, value=-1).add_(C2)
-            s2.addcmul_(m1, mu_y, value=-1).mul_(2).add_(C2).div_(b2)
+        mu_y, s2 = stats.mean(y), stats.mean(pm * y)
+        b2.addcmul_(m1, m1, value=-1).add_(mu_y).addcmul_(mu_y, mu_y, value=-1).add_(C2)
+        s2.addcmul_(m1, mu_y, value=-1).mul_(2).add_(C2).div_(b2)
         if self.form == "eq7":
             c1 = pm.new_tensor(C1)
-            b1 = torch.addcmul(c1, m1, m1)
-            if y is None:
-                s1 = torch.full_like(b1, C1).div_(b1)
-            else:
-                b1.addcmul_(mu_y, mu_y)
-                s1 = torch.addcmul(c1, m1, mu_y, value=2).div_(b1)
+            b1 = torch.addcmul(c1, m1, m1).addcmul_(mu_y, mu_y)
+            s1 = torch.addcmul(c1, m1, mu_y, value=2).div_(b1)
             s = s1 * s2
         else:
             s = s2
         s_sum = s.mul_(mask).sum()  # (the gradient factors below are 0 at ignored centers anyway)
         if not with_grad:
-            return bce_sum, s_sum, None
-        # dS/d mean(p y) = 2 S1 / B2, dS/d mean(p^2) = -S / B2, dS/d mean(p) = 2 g1 below; the objective
-        # has -(1 - lam) / count times these, and d mean(v)_i / d v_j = window weight * inv_i.
-        # The adjoint of a local mean divides by the window's weight sum first: fold that in here (it is
-        # infinite at ignored centers, where these factors become 0).
+            return s_sum, None, 2.0
+        # dS/d mean(p y) = 2 S1 / B2, dS/d mean(p^2) = -S / B2, dS/d mean(p) = 2 g1 below; and
+        # d mean(v)_i / d v_j = window weight / weight sum_i. That division belongs to the adjoint of the local
+        # mean; it is folded in here (the weight sum is infinite at ignored centers, where the factors become 0).
         weight_sum = stats.weight_sum_like(pm)
         r2 = b2.mul_(weight_sum).reciprocal_()
-        g1 = m1 * s2 if y is None else (m1 * s2).sub_(mu_y)
+        g1 = (m1 * s2).sub_(mu_y)
         if self.form == "eq7":
             # (dS1 / d mean p) S2 / 2 = (mu_y - mean(p) S1) S2 / B1, over the adjoint's weight sum.
-            dmu_s1 = (m1.mul_(s1).neg_() if y is None else mu_y.sub_(m1.mul_(s1))).mul_(s2).div_(b1.mul_(weight_sum))
+            dmu_s1 = mu_y.sub_(m1.mul_(s1)).mul_(s2).div_(b1.mul_(weight_sum))
             del b1
             g12 = s1.mul_(r2)
             g1.mul_(g12).add_(dmu_s1)
@@ -120,13 +120,34 @@ class SSIMLoss(nn.Module):
         g2 = s.mul_(r2)
         del m1, mu_y, s2, b2, r2, s
         dp = stats.window_sum(g1).addcmul_(stats.window_sum(g2), pm, value=-1)
-        if y is not None:  # the mean(p y) term
-            dp.addcmul_(stats.window_sum(g12), y)
-        del g1, g2, g12
-        # Chain through the sigmoid (pm (1 - pm) is p (1 - p), 0 at ignored pixels), add the BCE gradient.
-        sigmoid_grad = torch.addcmul(pm, pm, pm, value=-1)
-        bce_grad = (pm if y is None else pm.sub_(y)).mul_(self.lam / count)
-        return bce_sum, s_sum, bce_grad.addcmul_(dp, sigmoid_grad, value=-2.0 * (1.0 - self.lam) / count)
+        del g1, g2
+        return s_sum, dp.addcmul_(stats.window_sum(g12), y), 2.0
+
+    def _absent(self, pm, stats, mask, with_grad):
+        """:meth:`_present` for classes absent from the chunk's images, in closed form: ``y = 0``, so
+        ``mu_y = var_y = cov = 0`` and ``S2 = C2 / B2``, ``S1 = C1 / B1`` with ``B1 = mu_p^2 + C1``,
+        ``B2 = var_p + C2``. With ``S' = S / (C1 C2) = 1 / (B1 B2)`` (Eq. 7; ``S / C2 = 1 / B2``, Eq. 9):
+        ``dS'/d mu_p = 2 mu_p S' (1 / B2 - 1 / B1)`` (Eq. 7; ``2 mu_p S' / B2``) and
+        ``dS'/d mean(p^2) = -S' / B2``; each is divided by the weight sum as in :meth:`_present`."""
+        m1, b2 = stats.mean(pm), stats.mean(pm * pm)
+        r2 = b2.addcmul_(m1, m1, value=-1).add_(C2).reciprocal_()  # 1 / B2
+        if self.form == "eq9":  # S' = 1 / B2
+            scale, s = C2, r2 * mask
+            s_sum = s.sum() * scale
+            if not with_grad:
+                return s_sum, None, 2.0 * scale
+            u = s.div_(stats.weight_sum_like(pm)).mul_(r2)  # S' / (B2 weight sum), 0 at ignored centers
+            d_mu = m1.mul_(u)
+        else:  # S' = 1 / (B1 B2)
+            r1 = torch.addcmul(pm.new_tensor(C1), m1, m1).reciprocal_()  # 1 / B1
+            scale, s = C1 * C2, torch.mul(r1, r2).mul_(mask)
+            s_sum = s.sum() * scale
+            if not with_grad:
+                return s_sum, None, 2.0 * scale
+            t = s.div_(stats.weight_sum_like(pm))
+            u = t * r2
+            d_mu = r2.sub_(r1).mul_(t).mul_(m1)
+        return s_sum, stats.window_sum(d_mu).addcmul_(stats.window_sum(u), pm, value=-1), 2.0 * scale
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return eager_forward(self._value_and_grad, logits, target, self.ignore_index)
