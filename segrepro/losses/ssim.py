@@ -133,18 +133,17 @@ class SSIMLoss(nn.Module):
         r2 = b2.addcmul_(m1, m1, value=-1).add_(C2).reciprocal_()  # 1 / B2
         if self.form == "eq9":  # S' = 1 / B2
             scale, s = C2, r2 * mask
-            s_sum = s.sum() * scale
-            if not with_grad:
-                return s_sum, None, 2.0 * scale
-            u = s.div_(stats.weight_sum_like(pm)).mul_(r2)  # S' / (B2 weight sum), 0 at ignored centers
-            d_mu = m1.mul_(u)
         else:  # S' = 1 / (B1 B2)
             r1 = torch.addcmul(pm.new_tensor(C1), m1, m1).reciprocal_()  # 1 / B1
             scale, s = C1 * C2, torch.mul(r1, r2).mul_(mask)
-            s_sum = s.sum() * scale
-            if not with_grad:
-                return s_sum, None, 2.0 * scale
-            t = s.div_(stats.weight_sum_like(pm))
+        s_sum = s.sum() * scale
+        if not with_grad:
+            return s_sum, None, 2.0 * scale
+        t = s.div_(stats.weight_sum_like(pm))  # S' over the weight sum, 0 at ignored centers
+        if self.form == "eq9":
+            u = t.mul_(r2)
+            d_mu = m1.mul_(u)
+        else:
             u = t * r2
             d_mu = r2.sub_(r1).mul_(t).mul_(m1)
         return s_sum, stats.window_sum(d_mu).addcmul_(stats.window_sum(u), pm, value=-1), 2.0 * scale
