@@ -1,4 +1,5 @@
-# segrepro: `make demo` (train + evaluate on the built-in synthetic data) and `make test`.
+# segrepro: `make demo` (train + evaluate on the built-in synthetic data), `make test` and
+# `make test-fast` (without the slow tests).
 # Both create .venv if it is missing and install the package into it.
 VENV    ?= .venv
 PYTHON  ?= python3
@@ -6,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.segrepro-installed
 ARGS    ?=
 
-.PHONY: install demo test bench-losses tensorboard clean
+.PHONY: install demo test test-fast bench-losses tensorboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ demo: $(STAMP)  ## train DeepLabV3+ ResNet-18 on synthetic data (CPU), evaluate,
 
 test: $(STAMP)  ## the whole pytest suite
 	$(VENV)/bin/pytest $(ARGS)
+
+test-fast: $(STAMP)  ## the suite without the tests marked slow (subprocesses, long training runs): well under a minute
+	$(VENV)/bin/pytest -m "not slow" $(ARGS)
 
 bench-losses: $(STAMP)  ## time and memory of every loss against CE (add ARGS="--device cuda" on a GPU)
 	$(PY) scripts/bench_losses.py $(ARGS)

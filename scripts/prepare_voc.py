@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shutil
 import sys
 import tarfile
@@ -33,6 +32,7 @@ import scipy.io
 from tqdm import tqdm
 
 from segrepro.data.io import DatasetError, read_list, require, write_label
+from segrepro.files import atomic_write
 from segrepro.data.voc import colour_map
 
 TRAINAUG_SIZE = 10582
@@ -160,16 +160,13 @@ def write_list(path: Path, names) -> None:
     text = "".join(f"{name}\n" for name in names)
     if path.exists() and path.read_text() == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as file:
+        file.write(text)
 
 
 def copy_atomic(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".tmp-{target.name}")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_write(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def fetch(archive: Archive, folder: Path) -> Path:
@@ -191,24 +188,22 @@ def fetch(archive: Archive, folder: Path) -> Path:
 
 
 def download(archive: Archive, path: Path) -> None:
-    part = path.with_name(path.name + ".part")
-    try:
-        with urllib.request.urlopen(archive.url, timeout=60) as response, open(part, "wb") as sink:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, desc=f"download {path.name}", unit="B", unit_scale=True) as bar:
-                while chunk := response.read(1 << 20):
-                    sink.write(chunk)
-                    bar.update(len(chunk))
-    except OSError as error:
-        part.unlink(missing_ok=True)
-        raise DatasetError(f"cannot download {archive.url}: {error}\n  without network access, fetch it "
-                           f"elsewhere and put it at {path}, or unpack it and pass --voc-root/--sbd-root") from None
-    found = md5sum(part)
-    if found != archive.md5:
-        part.unlink()
-        raise DatasetError(f"{archive.url}: checksum mismatch (MD5 {found}, expected {archive.md5}); "
-                           "the download is corrupt or the file changed upstream: removed it, try again")
-    os.replace(part, path)
+    """Download ``archive`` to ``path``; only a copy with the right checksum gets the final name."""
+    with atomic_write(path) as part:
+        try:
+            with urllib.request.urlopen(archive.url, timeout=60) as response, open(part, "wb") as sink:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, desc=f"download {path.name}", unit="B", unit_scale=True) as bar:
+                    while chunk := response.read(1 << 20):
+                        sink.write(chunk)
+                        bar.update(len(chunk))
+        except OSError as error:
+            raise DatasetError(f"cannot download {archive.url}: {error}\n  without network access, fetch it "
+                               f"elsewhere and put it at {path}, or unpack it and pass --voc-root/--sbd-root") from None
+        found = md5sum(part)
+        if found != archive.md5:
+            raise DatasetError(f"{archive.url}: checksum mismatch (MD5 {found}, expected {archive.md5}); "
+                               "the download is corrupt or the file changed upstream: removed it, try again")
 
 
 def md5sum(path: Path) -> str:

@@ -4,16 +4,20 @@ Hydra composes the YAML tree onto these dataclasses (registered as the
 ``train_schema`` node), so a value of the wrong type or a key that does not
 exist is an error at composition time. :func:`check_overrides` turns Hydra's
 composition errors into one message that names the bad key and lists the
-valid ones.
+valid ones. :func:`instantiate` builds the class a config node names by ``_target_``
+(losses, datasets), with errors that name the key.
 """
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -36,9 +40,14 @@ class ModelConfig:
     weights: Optional[str] = None  # a local state dict (weights_only=True)
 
 
+SYNTHETIC_DATASET = {"_target_": "segrepro.data.SyntheticSegmentation"}
+
+
 @dataclass
 class DataConfig:
-    """Dataset and input pipeline; ``name`` picks the dataset class."""
+    """Dataset and input pipeline. ``dataset`` names the dataset class by ``_target_`` with its
+    keyword arguments (``root`` comes from ``data.root``, ``split`` and ``transform`` from the
+    split and pipeline keys); ``name`` is the run's label."""
 
     name: str = "synthetic"
     root: Optional[str] = None
@@ -54,7 +63,9 @@ class DataConfig:
     flip: bool = True
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    params: Dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword arguments
+    # {_target_: a dataset class, its keyword arguments}. Only the class: a schema default with the
+    # synthetic arguments would be merged key by key into every other dataset's node.
+    dataset: Dict[str, Any] = field(default_factory=lambda: dict(SYNTHETIC_DATASET))
 
 
 @dataclass
@@ -173,8 +184,43 @@ def check_overrides(overrides: list[str], config_name: str = "train") -> None:
         raise ConfigError(message) from None
 
 
-def is_group(name: str) -> bool:
-    return (Path(CONFIG_DIR) / name).is_dir()
+def instantiate(node, key: str, **kwargs):
+    """Build the class named by ``node._target_`` with the node's other keys (resolved) as keyword
+    arguments; ``key`` is the node's place in the config (``"loss"``, ``"data.dataset"``), used in
+    the error messages.
+
+    ``kwargs`` is context: one whose name is a parameter of the class fills that parameter when
+    the node leaves it out or null (``feat_dim: null`` gets the model's feature size, ``split``
+    and ``transform`` are passed); one that is not a parameter is ignored, so every caller can
+    hand the same context to any class.
+
+    A missing node or ``_target_``, a ``_target_`` that does not import, or an argument the class
+    does not take is a :class:`ValueError` naming the key (and, for arguments, the valid ones).
+    """
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        group = key.split(".")[0]
+        hint = (f"pick one with {group}=<name> (see configs/{group}/) or set {key}._target_"
+                if (Path(CONFIG_DIR) / group).is_dir() else f"set {key}._target_")
+        raise ValueError(f"the config has no {key} ({key}._target_ is not set): {hint}")
+    args = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    target = args.pop("_target_")
+    try:
+        cls = get_class(target)
+    except Exception as exc:
+        raise ValueError(f"{key}._target_={target!r} cannot be imported: {exc}") from exc
+    parameters = inspect.signature(cls).parameters
+    named = [name for name, p in parameters.items()
+             if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [name for name in args if name not in named]
+    if unknown and not takes_any:
+        raise ValueError(f"unknown argument{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(f'{key}.{name}' for name in unknown)} for {target}; "
+                         f"valid: {', '.join(named)}")
+    for name, value in kwargs.items():
+        if name in named and args.get(name) is None:
+            args[name] = value
+    return cls(**args)
 
 
 def reapply_overrides(cfg, composed, overrides: list[str]) -> None:
@@ -185,7 +231,9 @@ def reapply_overrides(cfg, composed, overrides: list[str]) -> None:
 
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key = override.key_or_group
-        if key.startswith("hydra") or key == "experiment" or override.is_delete() or key == "stages":
+        # experiment= and debug= set keys all over the config (package _global_), not one section:
+        # there is no section to copy (a stage or a checkpoint's config keeps what they set)
+        if key.startswith("hydra") or key in ("experiment", "debug", "stages") or override.is_delete():
             continue
         value = OmegaConf.select(composed, key)
         if isinstance(value, DictConfig):

@@ -14,12 +14,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from .config import CONFIG_DIR, TrainConfig, reapply_overrides, register_configs
-from .data import build_dataset
+from .engine.build import build_amp, build_evaluator
 from .engine.checkpoint import load_checkpoint
 from .engine.distributed import cleanup, init_distributed
-from .engine.evaluator import Evaluator
-from .engine.trainer import write_json
 from .entry import guarded, run_hydra
+from .files import write_json
 from .metrics import format_report
 from .models import build_model
 
@@ -36,13 +35,11 @@ def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
         model = build_model(run_cfg.model, run_cfg.data.num_classes)
         model.load_state_dict(state["model"])
         model.to(dist_info.device)
-        dataset = build_dataset(run_cfg.data, run_cfg.data.val_split, train=False)
-        evaluator = Evaluator(dataset, run_cfg.data.num_classes, run_cfg.data.ignore_index, dist_info.device,
-                              dist_info.rank, dist_info.world_size, run_cfg.data.val_batch_size,
-                              run_cfg.data.num_workers, progress=run_cfg.trainer.progress)
+        autocast, _ = build_amp(run_cfg.trainer, dist_info.device)
+        evaluator = build_evaluator(run_cfg, dist_info, autocast)
         metrics, matrix, _ = evaluator.run(model)
         if dist_info.is_main:
-            names = list(getattr(dataset, "class_names", range(run_cfg.data.num_classes)))
+            names = evaluator.class_names
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             write_json({"checkpoint": str(cfg.checkpoint), "step": int(state.get("step", -1)),

@@ -30,9 +30,6 @@ class ConfusionMatrix:
         counts = torch.bincount(index, minlength=k * k).reshape(k, k)
         self.mat = self.mat.to(counts.device) + counts
 
-    def reset(self) -> None:
-        self.mat = torch.zeros_like(self.mat)
-
     def all_reduce(self) -> None:
         """Sum the matrix over all ranks (no-op outside ``torch.distributed``)."""
         if dist.is_available() and dist.is_initialized():

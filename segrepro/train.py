@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from .config import CONFIG_DIR, reapply_overrides, register_configs
+from .engine.build import build_training
 from .engine.checkpoint import CheckpointDir
 from .engine.distributed import cleanup, init_distributed
 from .engine.trainer import Trainer
@@ -51,7 +52,7 @@ def run(cfg, run_dir, overrides: list[str]) -> dict:
                 stage_cfg.trainer.init_from = str(previous)
             if folder and dist_info.is_main:
                 log.info("stage %s in %s", folder, stage_dir)
-            trainer = Trainer(stage_cfg, stage_dir, dist_info)
+            trainer = Trainer(stage_cfg, build_training(stage_cfg, stage_dir, dist_info), stage_dir, dist_info)
             final = trainer.fit()
             previous = CheckpointDir(stage_dir / "checkpoints").path(stage_cfg.trainer.max_iters)
             if dist_info.is_main:

@@ -10,23 +10,24 @@ from segrepro.config import compose_config
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
-# A run small enough for a unit test: ResNet-18 DeepLabV3+, 48x48 images, a handful of samples.
-TINY = [
-    "data.crop_size=33",
-    "data.batch_size=2",
-    "data.val_batch_size=2",
-    "data.num_workers=0",
-    "data.params.image_size=[48,48]",
-    "+data.params.num_samples={train:8,val:4}",
-    "trainer.progress=false",
-    "trainer.device=cpu",
-    "trainer.log_every=1",
-]
+# A run small enough for a unit test: configs/debug/tiny.yaml (ResNet-18 DeepLabV3+, 33x33 crops,
+# batches of 2, CPU) and its synthetic part, configs/debug/data/tiny_synthetic.yaml (48x48
+# images, 8 train and 4 val samples). Overrides given after it win.
+TINY = ["debug=tiny"]
 
 
 @pytest.fixture
 def tiny_cfg():
-    """``tiny_cfg(*overrides)``: the composed training config for a tiny run."""
+    """``tiny_cfg(*overrides)``: the composed training config for a tiny run (``debug=tiny``)."""
     def make(*overrides):
         return compose_config(TINY + list(overrides))
     return make
+
+
+@pytest.fixture(params=["per_image", "whole_batch"])
+def batch_strategy(request):
+    """Runs the test once per image and once over the whole batch: the windowed losses' CPU and GPU paths."""
+    from segrepro.losses import batch_strategy as strategy
+
+    with strategy(request.param):
+        yield request.param

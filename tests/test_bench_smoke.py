@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import segrepro.losses as losses
+
+pytestmark = pytest.mark.slow  # runs the benchmark script in subprocesses
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_losses.py"
 

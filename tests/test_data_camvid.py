@@ -14,10 +14,13 @@ from segrepro.data.camvid import CamVidSegmentation
 from segrepro.data.io import DatasetError
 from segrepro.train import run
 
-REAL_CAMVID = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid"
+from .conftest import SHARED
+
+# The tests read the copy beside the checkout explicitly (data=camvid itself defaults to data/camvid).
+REAL_CAMVID = SHARED / "data" / "camvid"
 needs_real_camvid = pytest.mark.skipif(
     not (REAL_CAMVID / "CamVid" / "train.txt").exists(),
-    reason=f"the real CamVid copy is not at {REAL_CAMVID.resolve()} (only beside the CI checkout)")
+    reason=f"the real CamVid copy is not at {REAL_CAMVID} (only beside the CI checkout)")
 
 
 def make_camvid_tree(root: Path, size=(12, 16)) -> Path:
@@ -129,7 +132,7 @@ def real_camvid_subset(root: Path, split_sizes: dict) -> Path:
 @needs_real_camvid
 def test_a_few_training_iterations_on_real_camvid(tmp_path):
     root = real_camvid_subset(tmp_path / "camvid", {"train": 8, "val": 4})
-    overrides = ["data=camvid", f"data.root={root}", "data.params.scale=0.5", "data.crop_size=97",
+    overrides = ["data=camvid", f"data.root={root}", "data.dataset.scale=0.5", "data.crop_size=97",
                  "data.batch_size=2", "data.num_workers=0", "model=deeplabv3plus_r18", "trainer.max_iters=3",
                  "trainer.eval_every=0", "trainer.device=cpu", "trainer.progress=false"]
     final = run(compose_config(overrides), tmp_path / "run", overrides)

@@ -10,9 +10,10 @@ import pytest
 
 from .conftest import TINY
 
+pytestmark = pytest.mark.slow  # torchrun subprocesses
+
 # 5 validation images: an uneven split over 2 ranks, where sampler padding would count one twice
-DATA = [o for o in TINY if "num_samples" not in o and "batch_size=2" not in o] + [
-    "+data.params.num_samples={train:8,val:5}", "data.batch_size=4"]  # 2 per process: BN needs 2
+DATA = TINY + ["data.dataset.num_samples={train:8,val:5}", "data.batch_size=4"]  # 2 per process: BN needs 2
 
 
 def torchrun(module, *args, cwd):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import segrepro.losses._window as window
+import segrepro.losses._chunks as chunks
 from segrepro.losses import AffinityFieldLoss
 
 IGNORE = 255
@@ -61,7 +61,7 @@ def reference(logits, target, kernel_size=3, margin=3.0):
 @pytest.mark.parametrize("kernel_size", [3, 5, 1])
 @pytest.mark.parametrize("chunk", [8, 2])
 def test_value_terms_and_gradient_match_loop_reference(kernel_size, chunk, monkeypatch):
-    monkeypatch.setattr(window, "CLASS_CHUNK", chunk)  # 2: three classes in two chunks
+    monkeypatch.setattr(chunks, "CLASS_CHUNK", chunk)  # 2: three classes in two chunks
     logits, target = sample()
     loss = AffinityFieldLoss(kernel_size=kernel_size, margin=2.0, lam_edge=0.7, lam_nonedge=1.3)
     loss.set_progress(0.4)

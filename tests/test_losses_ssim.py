@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import segrepro.losses._window as window
+import segrepro.losses._chunks as chunks
 from segrepro.losses import SSIMLoss
 
 from .window_reference import (
@@ -61,7 +61,7 @@ def test_value_and_gradient_match_loop_reference(form, size, sigma, lam):
 
 @pytest.mark.parametrize("form", ["eq7", "eq9"])
 def test_gradcheck_across_class_chunks(form, monkeypatch):
-    monkeypatch.setattr(window, "CLASS_CHUNK", 2)  # three classes in two chunks
+    monkeypatch.setattr(chunks, "CLASS_CHUNK", 2)  # three classes in two chunks
     logits, target = sample(size=5, seed=1)
     loss = SSIMLoss(form=form, lam=0.3)
     assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits.requires_grad_(),), fast_mode=True)
@@ -70,7 +70,7 @@ def test_gradcheck_across_class_chunks(form, monkeypatch):
 @pytest.mark.parametrize("form", ["eq7", "eq9"])
 def test_classes_absent_from_the_batch_match_loop_reference(form, monkeypatch):
     """Absent classes skip the statistics of their (zero) one-hot map: same value and gradient."""
-    monkeypatch.setattr(window, "CLASS_CHUNK", 2)
+    monkeypatch.setattr(chunks, "CLASS_CHUNK", 2)
     logits, target = sample_with_absent_classes(seed=2)
     x = logits.clone().requires_grad_()
     value = SSIMLoss(form=form, lam=0.3)(x, target)

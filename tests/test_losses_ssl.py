@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import segrepro.losses._window as window
+import segrepro.losses._chunks as chunks
+import segrepro.losses.ssl as ssl_module
+from segrepro.losses._stats import LocalStats
 from segrepro.losses import SSLLoss
 
 from .window_reference import (
@@ -75,7 +77,7 @@ def test_error_map_matches_loop_reference(size, sigma):
 @pytest.mark.parametrize("ohem,reweight", [(True, True), (True, False), (False, True), (False, False)])
 @pytest.mark.parametrize("chunk", [8, 2])
 def test_value_and_gradient_match_reference(ohem, reweight, chunk, monkeypatch):
-    monkeypatch.setattr(window, "CLASS_CHUNK", chunk)  # 2: three classes in two chunks
+    monkeypatch.setattr(chunks, "CLASS_CHUNK", chunk)  # 2: three classes in two chunks
     logits, target = sample(seed=1)
     kwargs = dict(beta=0.3, lam=0.3, ohem=ohem, reweight=reweight)
     x = logits.clone().requires_grad_()
@@ -91,7 +93,7 @@ def test_value_and_gradient_match_reference(ohem, reweight, chunk, monkeypatch):
 @pytest.mark.parametrize("c4", [0.01, 0.5])
 def test_classes_absent_from_the_batch_match_reference(c4, monkeypatch):
     """Absent classes skip their one-hot statistics (y_nor is a known constant): same e, value and gradient."""
-    monkeypatch.setattr(window, "CLASS_CHUNK", 2)  # present and absent classes in several chunks
+    monkeypatch.setattr(chunks, "CLASS_CHUNK", 2)  # present and absent classes in several chunks
     logits, target = sample_with_absent_classes(seed=3)
     loss = SSLLoss(beta=0.3, lam=0.3, c4=c4)
     torch.testing.assert_close(loss.error_map(logits, target), reference_e(logits, target, c4=c4),
@@ -118,15 +120,15 @@ def test_absent_class_shortcut_is_bitwise_the_general_path(c4, monkeypatch):
 def test_normalized_zero_is_what_a_map_of_zeros_normalizes_to(c4, dtype):
     valid = torch.ones(1, 6, 6, dtype=torch.bool)
     valid[0, 2, 3] = False
-    stats = window.LocalStats(3, 1.5, valid, dtype)
-    num, den = window.normalized_parts(torch.zeros(1, 2, 6, 6, dtype=dtype), stats, c4, binary=True)
-    assert torch.equal(num / den, torch.full_like(num, window.normalized_zero(c4)))
+    stats = LocalStats(3, 1.5, valid, dtype)
+    num, den = ssl_module.normalized_parts(torch.zeros(1, 2, 6, 6, dtype=dtype), stats, c4, binary=True)
+    assert torch.equal(num / den, torch.full_like(num, ssl_module.normalized_zero(c4)))
 
 
 def test_present_first_orders_labels_and_chunks(monkeypatch):
-    monkeypatch.setattr(window, "CLASS_CHUNK", 2)
+    monkeypatch.setattr(chunks, "CLASS_CHUNK", 2)
     target = torch.tensor([[[4, 1, IGNORE], [5, 1, 4]]])
-    order = window.PresentFirst(target, target != IGNORE, 6)
+    order = chunks.PresentFirst(target, target != IGNORE, 6)
     assert [(c.classes, c.present) for c in order.chunks] == [([1, 4], True), ([5], True), ([0, 2], False),
                                                              ([3], False)]
     assert order.labels[target != IGNORE].tolist() == [1, 0, 2, 0, 1]

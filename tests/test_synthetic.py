@@ -83,7 +83,7 @@ def test_background_dominates_and_thin_and_small_classes_are_rare(labels):
 def test_yaml_config_builds_train_and_val_pipelines():
     yaml_cfg = OmegaConf.load(Path(CONFIG_DIR) / "data" / "synthetic.yaml")
     cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), yaml_cfg)
-    cfg.params.num_samples = {"train": 4, "val": 2}
+    cfg.dataset.num_samples = {"train": 4, "val": 2}
     train = build_dataset(cfg, cfg.train_split, train=True)
     val = build_dataset(cfg, cfg.val_split, train=False)
     assert (len(train), len(val)) == (4, 2)

@@ -121,12 +121,14 @@ def cli(*args, cwd):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_prints_the_composed_config(tmp_path):
     out = cli("train", "model=deeplabv3_r101", "data.crop_size=321", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "encoder: resnet101" in out.stdout and "crop_size: 321" in out.stdout
 
 
+@pytest.mark.slow
 def test_cli_names_an_unknown_key_and_the_valid_ones(tmp_path):
     out = cli("train", "trainer.max_itrs=2", cwd=tmp_path)
     assert out.returncode == 2
@@ -136,6 +138,7 @@ def test_cli_names_an_unknown_key_and_the_valid_ones(tmp_path):
     assert "deeplab_v9" in out.stderr and "deeplabv3_r101" in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_trains_then_evaluates_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     out = cli("train", *TINY, "trainer.max_iters=2", "loss=bce", "optim.lr=0.01", f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -150,6 +153,7 @@ def test_cli_trains_then_evaluates_a_checkpoint(tmp_path):
     assert len(result["confusion_matrix"]) == 6
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_a_clean_error(tmp_path):
     out = cli("eval", f"checkpoint={tmp_path / 'nope.pt'}", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert out.returncode == 1

@@ -59,16 +59,16 @@ def assert_absent_shortcut_is_exact(monkeypatch, run, bitwise=True):
     """``run()`` gives the same tensors when :class:`PresentFirst` treats every class as present (the general
     path, which computes the statistics of the absent classes' zero maps): bit for bit, or (``bitwise=False``,
     a closed form that rounds differently; run it in float64) to rounding."""
-    from segrepro.losses import _window
+    from segrepro.losses import _chunks
 
     fast = run()
-    original = _window.PresentFirst
+    original = _chunks.PresentFirst
 
     def every_class_present(target, valid, num_classes):
         order = original(target, valid, num_classes)
         order.chunks = [chunk._replace(present=True) for chunk in order.chunks]
         return order
-    monkeypatch.setattr(_window, "PresentFirst", every_class_present)
+    monkeypatch.setattr(_chunks, "PresentFirst", every_class_present)
     for a, b in zip(fast, run(), strict=True):
         if bitwise:
             assert torch.equal(a, b)

@@ -1,44 +1,37 @@
 """Datasets and input pipelines.
 
-Every dataset class takes ``(root, split, transform, **params)`` and yields
+Every dataset class takes ``(root, split, transform, **arguments)`` and yields
 ``(image float [3, H, W], label int64 [H, W])`` after ``transform``; it carries
 ``num_classes``, ``class_names`` and ``palette`` (one RGB triple per class).
-``data.name`` picks the class from :data:`DATASETS`.
+``data.dataset`` names the class by ``_target_`` with its arguments (any importable
+class with that signature plugs in); ``data.root`` fills ``root`` unless the node sets it.
 """
 from __future__ import annotations
 
-import importlib
-import inspect
-
+from ..config import instantiate
+from .camvid import CamVidSegmentation
+from .cityscapes import CityscapesSegmentation
+from .synthetic import SyntheticSegmentation
 from .transforms import build_transform
+from .voc import VOCSegmentation
 
-DATASETS = {
-    "synthetic": "segrepro.data.synthetic:SyntheticSegmentation",
-    "voc": "segrepro.data.voc:VOCSegmentation",
-    "cityscapes": "segrepro.data.cityscapes:CityscapesSegmentation",
-    "camvid": "segrepro.data.camvid:CamVidSegmentation",
-}
+__all__ = ["build_dataset", "build_transform", "CamVidSegmentation", "CityscapesSegmentation",
+           "SyntheticSegmentation", "VOCSegmentation"]
 
-
-def dataset_class(name: str):
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset data.name={name!r}; valid: {sorted(DATASETS)}")
-    module, cls = DATASETS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+SET_BY_BUILD = {"split": "data.train_split / data.val_split", "transform": "the data.* pipeline keys"}
 
 
 def build_dataset(data_cfg, split: str, train: bool):
     """The dataset of ``data_cfg`` for ``split``, with the training or validation pipeline."""
-    cls = dataset_class(data_cfg.name)
-    params = dict(data_cfg.params)
-    valid = [p for p in inspect.signature(cls).parameters if p not in ("root", "split", "transform")]
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown data.params {unknown} for dataset {data_cfg.name!r}; valid: {valid}")
-    dataset = cls(root=data_cfg.root, split=split, transform=build_transform(data_cfg, train), **params)
+    node = data_cfg.dataset
+    for name, source in SET_BY_BUILD.items():
+        if node is not None and name in node:
+            raise ValueError(f"data.dataset.{name} cannot be set: it comes from {source}")
+    dataset = instantiate(node, "data.dataset", root=data_cfg.root, split=split,
+                          transform=build_transform(data_cfg, train))
     if dataset.num_classes != data_cfg.num_classes:
         raise ValueError(
-            f"data.num_classes={data_cfg.num_classes} but dataset {data_cfg.name!r} has "
+            f"data.num_classes={data_cfg.num_classes} but {node['_target_']} ({data_cfg.name!r}) has "
             f"{dataset.num_classes} classes"
         )
     return dataset

@@ -9,13 +9,14 @@ applies the transform.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from ..files import atomic_write
 
 INVALID = -1  # lookup-table entry of a raw label value that is neither a class nor ignored
 
@@ -59,15 +60,8 @@ def write_label(path, label: np.ndarray, palette: Optional[Sequence[Sequence[int
     if palette is not None:
         image = image.convert("P")
         image.putpalette([channel for colour in palette for channel in colour])
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    os.close(handle)
-    try:
+    with atomic_write(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def label_lookup(classes: int, ignore_index: int = 255, extra: Optional[dict] = None) -> np.ndarray:
@@ -132,7 +126,7 @@ class LabelledImages:
         if not pairs:
             raise DatasetError(f"{type(self).__name__}: the split lists no images.\n  {fix}")
         if not scale > 0:
-            raise DatasetError(f"{type(self).__name__}: data.params.scale must be > 0, got {scale}")
+            raise DatasetError(f"{type(self).__name__}: data.dataset.scale must be > 0, got {scale}")
         missing = [path for pair in pairs for path in pair if not os.path.exists(path)]
         if missing:
             raise DatasetError(f"{len(missing)} of the split's {2 * len(pairs)} image and label files "

@@ -1,33 +1,36 @@
-"""Builders from the composed config: loss, optimizer, training loader."""
+"""Everything a run is made of, built from the composed config: :func:`build_training` for ``segrepro
+train``, :func:`build_evaluator` for the evaluations of training and of ``segrepro eval``."""
 from __future__ import annotations
 
-import inspect
+import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from hydra.utils import get_class
-from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
+
+from ..config import instantiate
+from ..data import build_dataset
+from ..losses import SegmentationLoss
+from ..models import build_model
+from .distributed import DistInfo
+from .evaluator import Evaluator
+from .schedule import poly_lr_scheduler
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_loss(loss_cfg, feature_dim: int | None = None) -> torch.nn.Module:
-    """Instantiate ``loss._target_`` with the other keys as arguments; an unknown argument is an
-    error naming it and the valid ones. ``feat_dim: null`` is filled with the model's feature size."""
-    if loss_cfg is None or "_target_" not in loss_cfg:
-        raise ValueError("the config has no loss: pick one with loss=<name> (see configs/loss/)")
-    params = OmegaConf.to_container(loss_cfg, resolve=True)
-    target = params.pop("_target_")
-    try:
-        cls = get_class(target)
-    except Exception as exc:
-        raise ValueError(f"loss._target_={target!r} cannot be imported: {exc}") from exc
-    valid = [name for name in inspect.signature(cls).parameters]
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown loss argument(s) {unknown} for {target}; valid: {valid}")
-    if "feat_dim" in params and params["feat_dim"] is None:
-        params["feat_dim"] = feature_dim
-    return cls(**params)
+def build_loss(loss_cfg, **context) -> SegmentationLoss:
+    """Instantiate ``loss._target_`` with the other keys as arguments (an unknown argument is an error naming
+    it and the valid ones). ``context`` (e.g. ``feat_dim=``, the model's feature size) fills the constructor
+    arguments of those names that the config leaves null or absent."""
+    loss = instantiate(loss_cfg, "loss", **context)
+    if not isinstance(loss, SegmentationLoss):
+        raise ValueError(f"loss._target_={loss_cfg._target_!r} is not a segrepro.losses.SegmentationLoss "
+                         "(subclass it: it declares the hooks the trainer calls)")
+    return loss
 
 
 def build_optimizer(model: torch.nn.Module, optim_cfg) -> torch.optim.SGD:
@@ -35,6 +38,17 @@ def build_optimizer(model: torch.nn.Module, optim_cfg) -> torch.optim.SGD:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
                            weight_decay=optim_cfg.weight_decay)
+
+
+def build_amp(trainer_cfg, device: torch.device):
+    """``(autocast context factory, GradScaler)``: autocast in ``trainer.amp_dtype`` on CUDA when
+    ``trainer.amp``, nothing elsewhere; the scaler only does something for float16."""
+    if trainer_cfg.amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"trainer.amp_dtype={trainer_cfg.amp_dtype!r}; valid: {sorted(AMP_DTYPES)}")
+    dtype = AMP_DTYPES[trainer_cfg.amp_dtype]
+    use_amp = trainer_cfg.amp and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if use_amp else contextlib.nullcontext
+    return autocast, torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -88,3 +102,57 @@ def build_train_loader(dataset, data_cfg, rank: int, world_size: int, seed: int,
                         num_workers=workers, persistent_workers=workers > 0,
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
     return loader, sampler
+
+
+def build_evaluator(cfg, dist_info: DistInfo, autocast=contextlib.nullcontext) -> Evaluator:
+    """The evaluator of ``data.val_split``, for training's evaluations and ``segrepro eval`` alike."""
+    dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    return Evaluator(cfg, dataset, dist_info, autocast)
+
+
+@dataclass
+class TrainingParts:
+    """The objects a :class:`~segrepro.engine.trainer.Trainer` works with."""
+
+    model: torch.nn.Module  # the network itself (state dicts, BN freezing)
+    net: torch.nn.Module  # what the steps call: the model, or its DDP wrapper
+    loss: SegmentationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    sampler: EpochSampler
+    evaluator: Evaluator
+    writer: SummaryWriter | None  # rank 0 only
+    autocast: object
+    scaler: torch.amp.GradScaler
+
+
+def build_training(cfg, run_dir, dist_info: DistInfo) -> TrainingParts:
+    """Every part of one training stage, in a fixed order (the seed is set first, so a run is repeatable)."""
+    tcfg, device = cfg.trainer, dist_info.device
+    if tcfg.max_iters <= 0:
+        raise ValueError(f"trainer.max_iters must be positive, got {tcfg.max_iters}")
+    torch.manual_seed(tcfg.seed)
+    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    autocast, scaler = build_amp(tcfg, device)
+    evaluator = build_evaluator(cfg, dist_info, autocast)
+
+    model = build_model(cfg.model, cfg.data.num_classes)
+    if tcfg.sync_bn and dist_info.distributed:
+        if device.type != "cuda":
+            raise ValueError("trainer.sync_bn=true needs GPUs: SyncBatchNorm has no CPU kernel")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if tcfg.freeze_bn:
+        model.freeze_batchnorm()
+    model = model.to(device)
+    net = model
+    if dist_info.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    loss = build_loss(cfg.loss, feat_dim=model.feature_dim, num_classes=cfg.data.num_classes,
+                      ignore_index=cfg.data.ignore_index).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = poly_lr_scheduler(optimizer, cfg.optim, tcfg.max_iters)
+    loader, sampler = build_train_loader(train_set, cfg.data, dist_info.rank, dist_info.world_size, tcfg.seed, device)
+    writer = SummaryWriter(str(run_dir / "tb")) if dist_info.is_main else None
+    return TrainingParts(model, net, loss, optimizer, scheduler, loader, sampler, evaluator, writer, autocast, scaler)

@@ -1,12 +1,13 @@
-"""Checkpoints: written atomically (temp file + rename), the last N kept plus the best,
+"""Checkpoints: written atomically (:func:`segrepro.files.atomic_write`), the last N kept plus the best,
 loaded with ``weights_only=True`` (no arbitrary unpickling)."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
+
+from ..files import atomic_write
 
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
@@ -14,14 +15,8 @@ STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves a
     half-written checkpoint under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path) -> dict:

@@ -52,12 +52,3 @@ def init_distributed(preference: str = "auto") -> DistInfo:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def broadcast_object(obj, src: int = 0):
-    """Send a picklable object from ``src`` to every rank (identity outside torch.distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

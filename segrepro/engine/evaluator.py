@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..metrics import ConfusionMatrix
+from .distributed import DistInfo
 
 
 def shard(dataset, rank: int, world_size: int):
@@ -21,17 +22,22 @@ def shard(dataset, rank: int, world_size: int):
 
 
 class Evaluator:
-    def __init__(self, dataset, num_classes: int, ignore_index: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1, batch_size: int = 1, num_workers: int = 0,
-                 autocast=contextlib.nullcontext, progress: bool = True):
-        self.loader = DataLoader(shard(dataset, rank, world_size), batch_size=batch_size, shuffle=False,
-                                 num_workers=num_workers, pin_memory=device.type == "cuda",
+    """Evaluates a model on ``dataset`` with the settings of the run config ``cfg`` (``data.num_classes``,
+    ``data.ignore_index``, ``data.val_batch_size``, ``data.num_workers``, ``trainer.progress``)."""
+
+    def __init__(self, cfg, dataset, dist_info: DistInfo, autocast=contextlib.nullcontext):
+        data, device = cfg.data, dist_info.device
+        self.dataset = dataset
+        self.class_names = list(getattr(dataset, "class_names", range(data.num_classes)))
+        self.loader = DataLoader(shard(dataset, dist_info.rank, dist_info.world_size),
+                                 batch_size=data.val_batch_size, shuffle=False, num_workers=data.num_workers,
+                                 pin_memory=device.type == "cuda",
                                  generator=torch.Generator())  # leaves the global RNG untouched
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
+        self.num_classes = data.num_classes
+        self.ignore_index = data.ignore_index
         self.device = device
         self.autocast = autocast
-        self.progress = progress and rank == 0
+        self.progress = cfg.trainer.progress and dist_info.is_main
 
     @torch.no_grad()
     def run(self, model) -> tuple[dict, ConfusionMatrix, tuple]:

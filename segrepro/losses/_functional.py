@@ -10,7 +10,8 @@ precision and autocast inputs are computed in float32.
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from .base import SegmentationLoss
 
 
 def check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
@@ -67,6 +68,15 @@ def one_hot(target: torch.Tensor, valid: torch.Tensor, num_classes: int, dtype: 
     return y.scatter_(1, safe, valid.unsqueeze(1).to(dtype))
 
 
+def log_q(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """``log q`` with ``q = sigmoid(x)`` where ``y = 1`` and ``sigmoid(-x)`` where ``y = 0`` (the probability
+    given to the target side): minus the per-entry BCE. ``q`` is kept above the dtype's smallest normal
+    number, so an entry's BCE saturates at about 87 in float32 (``|x| > 87``); a plain sigmoid and log
+    rather than ``F.logsigmoid`` (docs/performance.md). ``y=None`` stands for a map of zeros (an absent class)."""
+    signed = x.neg() if y is None else torch.addcmul(x, x, y, value=-2.0).neg_()  # x (2 y - 1)
+    return signed.sigmoid_().clamp_(min=torch.finfo(x.dtype).tiny).log_()
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over ``mask`` (same shape, or broadcastable); 0 with a graph when empty."""
     mask = mask.to(values.dtype).expand_as(values)
@@ -78,7 +88,7 @@ def autocast_off(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
 
 
-class PixelLoss(nn.Module):
+class PixelLoss(SegmentationLoss):
     """Base of the losses computed from ``(logits, target)`` alone.
 
     ``forward`` applies the common contract (checks, float32 inside for half

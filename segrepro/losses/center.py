@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
 from ._functional import autocast_off, compute_dtype, masked_mean
+from .base import SegmentationLoss
 from .cross_entropy import CrossEntropyLoss
 
 
-class CenterLoss(nn.Module):
+class CenterLoss(SegmentationLoss):
     """Softmax cross entropy plus ``lam * 0.5 * mean ||f_i - c_{y_i}||^2`` over the
     valid pixels at the feature resolution.
 
@@ -19,7 +19,7 @@ class CenterLoss(nn.Module):
     ``F.interpolate(mode="nearest")`` (source index ``floor(i * H / h)``).
     The class centers are a buffer ``centers [num_classes, feat_dim]``
     (zeros at start, saved in ``state_dict``), moved by :meth:`update_centers`
-    after each optimizer step, never by the gradient.
+    after each optimizer step (:meth:`after_step`), never by the gradient.
     """
 
     needs_features = True
@@ -81,6 +81,10 @@ class CenterLoss(nn.Module):
         """The two parts before weighting: ``ce`` and ``center`` (``0.5 * mean ||f - c||^2``)."""
         with autocast_off(logits.device.type):
             return {"ce": self.ce(logits, target), "center": self._center_term(features, target)}
+
+    def after_step(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor) -> None:
+        """The trainer's hook after each optimizer step: :meth:`update_centers` with that step's features."""
+        self.update_centers(features, target)
 
     @torch.no_grad()
     def update_centers(self, features: torch.Tensor, target: torch.Tensor) -> None:

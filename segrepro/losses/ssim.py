@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ._functional import check_window
-from ._window import (
-    Precomputed, check_sigma, eager_forward, eager_terms, gather_classes, log_q, one_hot_chunk, present_chunks,
-    scatter_classes,
-)
+from ._autograd import Precomputed, eager_forward, eager_terms
+from ._chunks import gather_classes, one_hot_chunk, present_chunks, scatter_classes
+from ._functional import check_window, log_q
+from ._stats import check_sigma
+from .base import SegmentationLoss
 
 C1 = 0.01**2
 C2 = 0.03**2
 FORMS = ("eq7", "eq9")
 
 
-class SSIMLoss(nn.Module):
+class SSIMLoss(SegmentationLoss):
     """``lam * BCE + (1 - lam) * L_ssim`` with ``L_ssim`` the mean of ``1 - S`` over valid (pixel, class) entries.
 
     ``S`` compares ``p = sigmoid(logits)`` with the one-hot map ``y`` of each
@@ -71,7 +70,7 @@ class SSIMLoss(nn.Module):
         """One chunk of classes: its logits ``pm`` (overwritten) and one-hot map ``y`` (channels-last; None
         for classes absent from the chunk's images) to ``(sum of BCE, sum of S, d objective / d logits or None)``."""
         mask = stats.mask_like(pm)
-        # Masked, then summed: summing over the channels of a channels-last map first is several times slower.
+        # Masked, then summed (docs/performance.md).
         bce_sum = -log_q(pm, y).mul_(mask).sum()
         pm.sigmoid_().mul_(mask)
         s_sum, dp, scale = self._absent(pm, stats, mask, with_grad) if y is None else (

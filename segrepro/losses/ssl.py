@@ -5,16 +5,43 @@ import math
 from functools import partial
 
 import torch
-from torch import nn
 
-from ._functional import autocast_off, check_window, prepare
-from ._window import (
-    LocalStats, center_weight, check_sigma, chunks_in_order, eager_forward, eager_terms, gather_classes, log_q,
-    normalized_parts, normalized_zero, one_hot_chunk, present_chunks, scatter_classes,
-)
+from ._autograd import eager_forward, eager_terms
+from ._chunks import chunks_in_order, gather_classes, one_hot_chunk, present_chunks, scatter_classes
+from ._functional import autocast_off, check_window, log_q, prepare
+from ._stats import LocalStats, center_weight, check_sigma
+from .base import SegmentationLoss
 
 TERMS = ("bce", "ssl", "hard_fraction", "norm_pred_min", "norm_pred_max", "norm_gt_min", "norm_gt_max",
          "e_max", "e_mean", "e_median")
+
+
+def normalized_parts(v: torch.Tensor, stats: LocalStats, c4: float, binary: bool):
+    """SSL Eq. 10 (one side) as ``(num, den)``: ``v_nor = num / den = (v - mu + c4) / (std + c4)``, no gradient.
+
+    ``v`` is zero at ignored pixels; ``binary`` (a 0/1 map) uses ``E[v^2] = mu``
+    (Eq. 16). The variance is clamped at 0. With ``c4 = 0`` a window of zero
+    variance normalizes to 0 (``v = mu`` there). At ignored pixels ``v_nor`` is
+    1 (``(0 - 0 + c4) / c4``) whatever the map, so the difference of two
+    normalized maps is 0 there.
+    """
+    with torch.no_grad():
+        mu = stats.mean(v)
+        # E[v^2] - mu^2 with the square rounded first (not fused): exactly 0 for a one-pixel window.
+        var = torch.addcmul(mu, mu, mu, value=-1) if binary else stats.mean(v * v).sub_(mu * mu)
+        # The variance is floored at (c4 eps / 4)^2 rather than 0: std + c4 is bitwise unchanged (the floor's
+        # root is under half an ulp of c4) and sqrt never sees an exact zero (docs/performance.md).
+        floor = (c4 * torch.finfo(v.dtype).eps / 4) ** 2
+        den = var.clamp_(min=floor).sqrt_().add_(c4)
+        if c4 == 0:
+            den.masked_fill_(den == 0, math.inf)
+        return torch.sub(v, mu, out=mu).add_(c4), den
+
+
+def normalized_zero(c4: float) -> float:
+    """What :func:`normalized_parts` gives everywhere for a map that is 0 in every window (the one-hot map of a
+    class absent from the batch): ``(0 - 0 + c4) / (0 + c4) = 1``, or 0 when ``c4 = 0`` (zero variance)."""
+    return 1.0 if c4 > 0 else 0.0
 
 
 def _check_fraction(name: str, value, upper_open: bool) -> None:
@@ -25,7 +52,7 @@ def _check_fraction(name: str, value, upper_open: bool) -> None:
         raise ValueError(f"{name} must be in [0, 1{')' if upper_open else ']'}, got {value!r}")
 
 
-class SSLLoss(nn.Module):
+class SSLLoss(SegmentationLoss):
     """``lam * BCE + (1 - lam) * L_ssl`` (SSL Eq. 17).
 
     ``p = sigmoid(logits)`` and the one-hot target ``y`` are ``C`` binary maps.
@@ -145,9 +172,8 @@ class SSLLoss(nn.Module):
             weight, hard = (e if self.reweight else None), valid.sum() * e.shape[1]
         elif self.reweight:  # e f in one step: entries above beta e_max keep e, the rest become 0
             weight = torch.nn.functional.threshold_(e, self.beta * self.e_max, 0.0)
-            # A float 0/1 map summed: on CPU 5x faster than summing a boolean one, and count_nonzero is slower
-            # still; the count is exact up to 2^24 hard entries per chunk and off by less than 1e-7 beyond
-            # (chunks' counts are added as integers).
+            # M counted as the sum of a float 0/1 map (docs/performance.md): exact up to 2^24 hard entries per
+            # chunk, off by less than 1e-7 beyond; the chunks' counts are added as integers.
             hard = torch.gt(weight, 0.0, out=torch.empty_like(weight)).sum().long()
         else:
             weight = e.gt_(self.beta * self.e_max)  # f as a float 0/1 map

@@ -13,6 +13,7 @@ them (``bilinear`` or the LAD baseline's learned ``deconv``) to the input size.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, Optional
 
 import segmentation_models_pytorch as smp
@@ -28,11 +29,8 @@ from .weights import load_weights
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("deeplabv2", "deeplabv3", "deeplabv3plus")
 OUTPUT_STRIDES = (8, 16)
 UPSAMPLINGS = ("bilinear", "deconv")
-SMP_ARCHS = {"deeplabv3": smp.DeepLabV3, "deeplabv3plus": smp.DeepLabV3Plus}
-DEEPLABV3PLUS_FEATURE_STRIDE = 4  # its decoder fuses the ASPP output with the stride-4 encoder stage
 
 
 def as_model_config(model_cfg: Any) -> ModelConfig:
@@ -46,13 +44,13 @@ def as_model_config(model_cfg: Any) -> ModelConfig:
 
 def check_model_config(cfg: ModelConfig, num_classes: int) -> None:
     """Raise ``ValueError`` naming the key and the valid choices for a config that cannot be built."""
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"model.arch={cfg.arch!r} is not one of {list(ARCHS)}")
+    if cfg.arch not in ARCHITECTURES:
+        raise ValueError(f"model.arch={cfg.arch!r} is not one of {list(ARCHITECTURES)}")
     if cfg.output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"model.output_stride={cfg.output_stride} is not one of {list(OUTPUT_STRIDES)}")
     if cfg.upsampling not in UPSAMPLINGS:
         raise ValueError(f"model.upsampling={cfg.upsampling!r} is not one of {list(UPSAMPLINGS)}")
-    if cfg.arch in SMP_ARCHS and len(cfg.atrous_rates) != 3:
+    if cfg.arch != "deeplabv2" and len(cfg.atrous_rates) != 3:
         raise ValueError(f"model.atrous_rates: {cfg.arch} needs 3 rates, got {list(cfg.atrous_rates)}")
     if not cfg.atrous_rates:
         raise ValueError("model.atrous_rates: deeplabv2 needs at least one rate, got []")
@@ -68,14 +66,18 @@ def check_model_config(cfg: ModelConfig, num_classes: int) -> None:
         )
 
 
-def _build_parts(cfg: ModelConfig, num_classes: int, encoder_weights: Optional[Any]) -> tuple:
-    """(encoder, decoder, segmentation head, feature_dim, feature_stride) of the architecture."""
-    if cfg.arch == "deeplabv2":
-        encoder = smp.encoders.get_encoder(cfg.encoder, weights=encoder_weights, output_stride=cfg.output_stride)
-        channels = encoder.out_channels[-1]
-        head = ASPPV2(channels, num_classes, cfg.atrous_rates)
-        return encoder, LastStage(), head, channels, cfg.output_stride
-    net = SMP_ARCHS[cfg.arch](
+def _deeplabv2_parts(cfg: ModelConfig, num_classes: int, encoder_weights: Optional[Any]) -> tuple:
+    """An smp ResNet encoder with atrous convolution and the ASPP-V2 head (LAD Sec. 4.1)."""
+    encoder = smp.encoders.get_encoder(cfg.encoder, weights=encoder_weights, output_stride=cfg.output_stride)
+    channels = encoder.out_channels[-1]
+    head = ASPPV2(channels, num_classes, cfg.atrous_rates)
+    return encoder, LastStage(), head, channels, cfg.output_stride
+
+
+def _smp_parts(smp_class, feature_stride: Optional[int], cfg: ModelConfig, num_classes: int,
+               encoder_weights: Optional[Any]) -> tuple:
+    """smp's DeepLabV3 / DeepLabV3Plus; ``feature_stride`` None: the output stride."""
+    net = smp_class(
         encoder_name=cfg.encoder,
         encoder_weights=encoder_weights,
         encoder_output_stride=cfg.output_stride,
@@ -84,8 +86,22 @@ def _build_parts(cfg: ModelConfig, num_classes: int, encoder_weights: Optional[A
         classes=num_classes,
         upsampling=1,  # the head gives logits at the feature stride; SegmentationNet upsamples
     )
-    stride = DEEPLABV3PLUS_FEATURE_STRIDE if cfg.arch == "deeplabv3plus" else cfg.output_stride
+    stride = feature_stride or cfg.output_stride
     return net.encoder, net.decoder, net.segmentation_head, cfg.decoder_channels, stride
+
+
+# model.arch -> (cfg, num_classes, encoder weights) -> (encoder, decoder, head, feature_dim, feature_stride)
+ARCHITECTURES = {
+    "deeplabv2": _deeplabv2_parts,
+    "deeplabv3": partial(_smp_parts, smp.DeepLabV3, None),
+    # DeepLabv3+'s decoder fuses the ASPP output with the stride-4 encoder stage
+    "deeplabv3plus": partial(_smp_parts, smp.DeepLabV3Plus, 4),
+}
+
+
+def _build_parts(cfg: ModelConfig, num_classes: int, encoder_weights: Optional[Any]) -> tuple:
+    """(encoder, decoder, segmentation head, feature_dim, feature_stride) of the architecture."""
+    return ARCHITECTURES[cfg.arch](cfg, num_classes, encoder_weights)
 
 
 def _build_parts_pretrained(cfg: ModelConfig, num_classes: int) -> tuple:

@@ -22,6 +22,9 @@ class SegmentationNet(nn.Module):
     that feed the head (``[N, feature_dim, ceil(H / s), ceil(W / s)]`` with
     ``s = feature_stride``: the cells that cover the unpadded input), which the
     center loss needs.
+
+    :meth:`freeze_batchnorm` keeps every BN layer at its running statistics with
+    frozen affine parameters from then on, whatever ``train()`` is called with.
     """
 
     def __init__(
@@ -42,6 +45,25 @@ class SegmentationNet(nn.Module):
         self.feature_dim = feature_dim
         self.feature_stride = feature_stride
         self.size_multiple = size_multiple
+        self.batchnorm_frozen = False
+
+    def batchnorm_layers(self):
+        return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def freeze_batchnorm(self) -> None:
+        """BN layers in eval mode (running statistics fixed) and their affine parameters frozen, for good."""
+        self.batchnorm_frozen = True
+        for layer in self.batchnorm_layers():
+            for p in layer.parameters():
+                p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.batchnorm_frozen:
+            for layer in self.batchnorm_layers():
+                layer.eval()
+        return self
 
     def forward(self, images: torch.Tensor, return_features: bool = False):
         if images.dim() != 4:
