@@ -19,11 +19,16 @@ FEAT = 8  # feature channels for CenterLoss
 
 # Every loss of configs/loss/, built as the trainer builds it (a new YAML is covered without editing this file).
 CONFIGS = sorted(path.stem for path in Path(CONFIG_DIR, "loss").glob("*.yaml"))
+# ... and the plain autograd reference of every loss that has one (`impl: reference`).
+LOSSES = CONFIGS + [f"{config}:reference" for config in CONFIGS
+                    if "impl" in OmegaConf.load(Path(CONFIG_DIR, "loss", f"{config}.yaml"))]
 LOSS_CLASSES = sorted(name for name in losses.__all__ if isinstance(getattr(losses, name), type))
 
 
-def make(config):
-    cfg = compose_config([f"loss={config}", f"data.num_classes={C}"])
+def make(name):
+    """The loss of ``configs/loss/<config>.yaml``; ``<config>:reference`` with ``impl=reference``."""
+    config, _, impl = name.partition(":")
+    cfg = compose_config([f"loss={config}", f"data.num_classes={C}"] + ([f"loss.impl={impl}"] if impl else []))
     return build_loss(cfg.loss, feat_dim=FEAT, num_classes=C)
 
 
@@ -52,7 +57,7 @@ def test_every_loss_config_builds_a_segmentation_loss(config):
     assert isinstance(make(config), losses.SegmentationLoss)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", LOSSES)
 def test_all_ignored_batch_gives_zero_with_graph(name):
     loss = make(name)
     logits, target = sample()
@@ -65,7 +70,7 @@ def test_all_ignored_batch_gives_zero_with_graph(name):
     assert all(v.item() == 0 for v in evaluate(loss, logits, target, method="terms").values())
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("case", ["logits rank", "target rank", "spatial size", "batch size",
                                   "label >= C", "negative label", "float target"])
 def test_bad_input_raises_value_error(name, case):
@@ -89,7 +94,7 @@ def test_bad_input_raises_value_error(name, case):
         evaluate(loss, logits, target)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
 def test_half_precision_and_autocast_compute_in_float32(name, half):
     loss = make(name)
@@ -108,7 +113,7 @@ def test_half_precision_and_autocast_compute_in_float32(name, half):
     torch.testing.assert_close(autocast, reference)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", LOSSES)
 def test_gradient_follows_the_upstream_gradient_and_survives_a_retained_graph(name):
     """``d (3 L) = 3 dL``, and a second backward through a retained graph gives the same gradient (the losses
     that work out their own gradient must not consume or overwrite what they saved)."""
@@ -124,7 +129,7 @@ def test_gradient_follows_the_upstream_gradient_and_survives_a_retained_graph(na
     torch.testing.assert_close(again, once, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", LOSSES)
 def test_gradients_accumulate_through_a_view_over_repeated_backwards(name):
     """``.grad`` of a leaf seen through a view sums the backwards of a retained graph, and zeroing it in place
     leaves the next backward whole (a loss that hands autograd a gradient it still holds would see it
@@ -142,7 +147,7 @@ def test_gradients_accumulate_through_a_view_over_repeated_backwards(name):
     torch.testing.assert_close(flat.grad.view_as(once), once, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", LOSSES)
 def test_float64_stays_float64(name):
     loss = make(name).double()
     logits, target = sample(dtype=torch.float64)
@@ -160,7 +165,7 @@ def toy_data(n=4, size=24, seed=0):
     return images, target
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", LOSSES)
 def test_loss_falls_when_training_a_tiny_net(name):
     loss = make(name)
     torch.manual_seed(0)

@@ -75,9 +75,14 @@ def value_and_grad(fn, logits, target):
     return value.detach(), grad
 
 
-def assert_matches(fast, reference, logits, target):
+_REFERENCE_RESULTS = {}  # the reference does not depend on the batch strategy: computed once per case
+
+
+def assert_matches(fast, reference, logits, target, case):
     value, grad = value_and_grad(fast, logits, target)
-    expected, expected_grad = value_and_grad(reference, logits, target)
+    if case not in _REFERENCE_RESULTS:
+        _REFERENCE_RESULTS[case] = value_and_grad(reference, logits, target)
+    expected, expected_grad = _REFERENCE_RESULTS[case]
     assert torch.isfinite(expected) and torch.isfinite(expected_grad).all()
     assert expected_grad.abs().max() > 0
     torch.testing.assert_close(value, expected, **VALUE_TOL)
@@ -100,7 +105,7 @@ SSL_CASES = [
 def test_ssl_matches_reference(kwargs, batch, batch_strategy):
     logits, target = batch
     loss = SSLLoss(**kwargs)
-    assert_matches(loss, lambda x, t: ref.ssl_loss(x, t, **kwargs), logits, target)
+    assert_matches(loss, lambda x, t: ref.ssl_loss(x, t, **kwargs), logits, target, ("ssl", str(kwargs)))
     window = {k: v for k, v in kwargs.items() if k in ("region_size", "sigma")}
     e = ref.ssl_error_map(logits, target, **window)
     torch.testing.assert_close(loss.error_map(logits, target), e, **E_TOL)
@@ -112,16 +117,25 @@ def test_ssl_matches_reference(kwargs, batch, batch_strategy):
 @pytest.mark.parametrize("form", ["eq7", "eq9"])
 def test_ssim_matches_reference(form, batch, batch_strategy):
     logits, target = batch
-    assert_matches(SSIMLoss(form=form), lambda x, t: ref.ssim_loss(x, t, form=form), logits, target)
+    assert_matches(SSIMLoss(form=form), lambda x, t: ref.ssim_loss(x, t, form=form), logits, target,
+                   ("ssim", form))
 
 
-@pytest.mark.parametrize("kernel_size", [3, 5])
-def test_affinity_matches_reference(kernel_size, batch, batch_strategy):
+AFFINITY_CASES = [
+    {},
+    {"kernel_size": 5, "margin": 2.0, "lam_edge": 0.7, "lam_nonedge": 1.3},
+    {"decay": False},
+]
+
+
+@pytest.mark.parametrize("kwargs", AFFINITY_CASES,
+                         ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
+def test_affinity_matches_reference(kwargs, batch, batch_strategy):
     logits, target = batch
-    loss = AffinityFieldLoss(kernel_size=kernel_size, margin=2.0, lam_edge=0.7, lam_nonedge=1.3)
+    loss = AffinityFieldLoss(**kwargs)
     loss.set_progress(0.3)
-    kwargs = dict(kernel_size=kernel_size, margin=2.0, lam_edge=0.7, lam_nonedge=1.3, progress=0.3)
-    assert_matches(loss, lambda x, t: ref.affinity_field_loss(x, t, **kwargs), logits, target)
+    assert_matches(loss, lambda x, t: ref.affinity_field_loss(x, t, progress=0.3, **kwargs), logits, target,
+                   ("affinity", str(kwargs)))
 
 
 @pytest.mark.parametrize("kernel_size,k,stride", [(3, 3.0, 1), (5, 3.0, 1), (5, 3.0, 2), (3, 0.5, 1)])
@@ -129,7 +143,7 @@ def test_lad_matches_reference(kernel_size, k, stride, batch, batch_strategy):
     logits, target = batch
     loss = LADLoss(kernel_size=kernel_size, k=k, stride=stride)
     assert_matches(loss, lambda x, t: ref.lad_loss(x, t, kernel_size=kernel_size, k=k, stride=stride),
-                   logits, target)
+                   logits, target, ("lad", kernel_size, k, stride))
     local, valid = loss.local_losses(logits, target)
     ref_local, ref_valid = ref.lad_local_losses(logits, target, kernel_size=kernel_size, stride=stride)
     assert torch.equal(valid, ref_valid)
@@ -253,14 +267,23 @@ def test_window_and_shift():
     assert out[0, 0, 1] == t[0, 1, 0] and (out[0, :, 0] == -7).all() and (out[0, 2] == -7).all()
 
 
-def test_local_mean_is_exact_on_flat_windows_and_nan_free():
-    """A window whose valid pixels hold one value has that mean exactly (also in float32); a center whose
-    window has no valid pixel gives no NaN in values or gradients."""
-    mask = torch.ones(1, 1, 9, 9)
-    mask[0, 0, 3:6, 3:6] = 0  # center (4, 4) sees no valid pixel in a 3x3 window
-    v = torch.full((1, 2, 9, 9), 0.3, requires_grad=True)
-    mean = ref.local_mean(v, mask, ref.gaussian_window(3, 1.5, torch.float32))
-    assert (mean[0, :, 0, 0] == 0.3).all() and mean[0, 0, 4, 4] == 0
+@pytest.mark.parametrize("size", [3, 7])
+def test_local_mean_is_exact_on_flat_windows_and_nan_free(size):
+    """Where every valid pixel of a window holds 1 the mean is exactly 1, also in float32 (numerator and
+    denominator are the same convolution): a window of one label has var_y = 0 and y_nor = 1. A center
+    whose window has no valid pixel gives 0 and no NaN in values or gradients."""
+    mask = torch.ones(2, 1, 15, 15)
+    mask[:, :, 5:10, 4:11] = 0  # center (7, 7) sees no valid pixel in a 3x3 window
+    mask[1, :, 0, :] = 0
+    v = torch.rand(2, 3, 15, 15, generator=torch.Generator().manual_seed(0))
+    v[:, 1] = 1.0
+    v.requires_grad_()
+    window = ref.gaussian_window(size, 1.5, torch.float32)
+    mean = ref.local_mean(v, mask, window)
+    if size == 3:
+        assert mean[0, 0, 7, 7] == 0
+    ones = mean[:, 1][ref.window_sum(mask, window)[:, 0] > 0]
+    assert torch.equal(ones, torch.ones_like(ones))
     mean.sum().backward()
     assert torch.isfinite(v.grad).all()
 

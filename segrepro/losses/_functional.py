@@ -44,6 +44,16 @@ def check_window(name: str, size: int) -> None:
         raise ValueError(f"{name} must be a positive odd integer, got {size!r}")
 
 
+IMPLEMENTATIONS = ("fast", "reference")
+
+
+def check_impl(impl: str) -> None:
+    """``impl`` of a windowed loss: ``"fast"`` (chunked, own gradient) or ``"reference"`` (plain autograd,
+    :mod:`segrepro.losses.reference`)."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+
+
 def compute_dtype(logits: torch.Tensor) -> torch.dtype:
     """float64 stays float64; everything else (fp32, bf16, fp16) is computed in float32."""
     return torch.float64 if logits.dtype == torch.float64 else torch.float32

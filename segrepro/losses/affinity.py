@@ -1,4 +1,9 @@
-"""Affinity field loss (Ke et al., ECCV 2018, "Adaptive Affinity Fields"), non-adaptive form (SSL Table 5)."""
+"""Affinity field loss (Ke et al., ECCV 2018, "Adaptive Affinity Fields"), non-adaptive form (SSL Table 5).
+
+To read this loss against the paper, start with :func:`segrepro.losses.reference.affinity_field_loss`: the same loss in
+plain autograd, equation by equation (``impl="reference"`` runs it). This module is its fast form, tested
+against it in ``tests/test_losses_reference.py``; what each speed-up gained is in ``docs/performance.md``.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,7 +11,8 @@ import torch.nn.functional as F
 
 from ._autograd import Precomputed, eager_forward, eager_terms
 from ._chunks import chunks_in_order, gather_classes, image_groups
-from ._functional import check_window
+from . import reference
+from ._functional import check_impl, check_window
 from ._stats import repeat_channels
 from .base import SegmentationLoss
 
@@ -55,15 +61,17 @@ class AffinityFieldLoss(SegmentationLoss):
     """
 
     def __init__(self, kernel_size: int = 3, margin: float = 3.0, lam_edge: float = 1.0, lam_nonedge: float = 1.0,
-                 decay: bool = True, ignore_index: int = 255):
+                 decay: bool = True, ignore_index: int = 255, impl: str = "fast"):
         super().__init__()
         check_window("kernel_size", kernel_size)
+        check_impl(impl)
         self.kernel_size = kernel_size
         self.margin = float(margin)
         self.lam_edge = float(lam_edge)
         self.lam_nonedge = float(lam_nonedge)
         self.decay = bool(decay)
         self.ignore_index = ignore_index
+        self.impl = impl
         self.progress = 0.0
 
     def set_progress(self, fraction: float) -> None:
@@ -203,6 +211,9 @@ class AffinityFieldLoss(SegmentationLoss):
         return log.add_(1.0).mul_(pairs).sub_(ring).sub_(ring_log)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.impl == "reference":
+            return reference.affinity_field_loss(logits, target, self.kernel_size, self.margin, self.lam_edge,
+                                                 self.lam_nonedge, self.progress, self.decay, self.ignore_index)
         return eager_forward(self._value_and_grad, logits, target, self.ignore_index)
 
     def _value_and_grad(self, x, target, valid, with_grad: bool):

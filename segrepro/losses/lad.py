@@ -1,4 +1,9 @@
-"""Locally adaptive loss, LAD (LAD paper, Section 3, Eqs. 2-5)."""
+"""Locally adaptive loss, LAD (LAD paper, Section 3, Eqs. 2-5).
+
+To read this loss against the paper, start with :func:`segrepro.losses.reference.lad_loss`: the same loss in
+plain autograd, equation by equation (``impl="reference"`` runs it). This module is its fast form, tested
+against it in ``tests/test_losses_reference.py``; what each speed-up gained is in ``docs/performance.md``.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,7 +11,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ._chunks import image_groups
-from ._functional import autocast_off, check_window, prepare, zero_with_graph
+from . import reference
+from ._functional import autocast_off, check_impl, check_window, prepare, zero_with_graph
 from .base import SegmentationLoss
 
 
@@ -137,9 +143,11 @@ class LADLoss(SegmentationLoss):
     starting at 0) are Minkowski pooled, ``(mean L_S^k)^(1/k)`` (Eq. 5).
     """
 
-    def __init__(self, kernel_size: int = 5, k: float = 3.0, stride: int = 1, ignore_index: int = 255):
+    def __init__(self, kernel_size: int = 5, k: float = 3.0, stride: int = 1, ignore_index: int = 255,
+                 impl: str = "fast"):
         super().__init__()
         check_window("kernel_size", kernel_size)
+        check_impl(impl)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
             raise ValueError(f"stride must be a positive integer, got {stride!r}")
         if not k > 0:
@@ -148,6 +156,7 @@ class LADLoss(SegmentationLoss):
         self.k = k
         self.stride = stride
         self.ignore_index = ignore_index
+        self.impl = impl
 
     def _strided_local(self, logits: torch.Tensor, target: torch.Tensor):
         """``L_S`` and the valid mask on the strided center grid (Eqs. 2-4)."""
@@ -178,6 +187,8 @@ class LADLoss(SegmentationLoss):
             return full, full_valid
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.impl == "reference":
+            return reference.lad_loss(logits, target, self.kernel_size, self.k, self.stride, self.ignore_index)
         with autocast_off(logits.device.type):
             local, valid, x = self._strided_local(logits, target)
             if not bool(valid.any()):

@@ -292,7 +292,7 @@ def affinity_field_loss(logits, target, kernel_size: int = 3, margin: float = 3.
             # Neighbour maps; outside the image they are filled with values whose entries are dropped below.
             p_n, q_n = shift(big_p, dy, dx, 1.0), shift(big_q, dy, dx, 1.0)
             kl = p_n * torch.log(p_n / big_p) + q_n * torch.log(q_n / big_q)
-            pair = mask & shift(mask, dy, dx, True)  # center and neighbour inside and valid
+            pair = mask & shift(mask, dy, dx, False)  # center and neighbour inside and valid
             differ = y != shift(y, dy, dx, 0.0)
             edge, non_edge = pair & differ, pair & ~differ  # [N, C, H, W]
             edge_sum = edge_sum + torch.where(edge, (margin - kl).clamp(min=0), 0.0).sum()

@@ -1,11 +1,17 @@
-"""SSIM loss between the sigmoid probabilities and the one-hot target (SSL paper Eqs. 7 and 9)."""
+"""SSIM loss between the sigmoid probabilities and the one-hot target (SSL paper Eqs. 7 and 9).
+
+To read this loss against the paper, start with :func:`segrepro.losses.reference.ssim_loss`: the same loss in
+plain autograd, equation by equation (``impl="reference"`` runs it). This module is its fast form, tested
+against it in ``tests/test_losses_reference.py``; what each speed-up gained is in ``docs/performance.md``.
+"""
 from __future__ import annotations
 
 import torch
 
 from ._autograd import Precomputed, eager_forward, eager_terms
 from ._chunks import gather_classes, one_hot_chunk, present_chunks, scatter_classes
-from ._functional import check_window, log_q
+from . import reference
+from ._functional import check_impl, check_window, log_q
 from ._stats import check_sigma
 from .base import SegmentationLoss
 
@@ -35,9 +41,10 @@ class SSIMLoss(SegmentationLoss):
     """
 
     def __init__(self, window_size: int = 3, sigma: float | None = 1.5, form: str = "eq7", lam: float = 0.5,
-                 ignore_index: int = 255):
+                 ignore_index: int = 255, impl: str = "fast"):
         super().__init__()
         check_window("window_size", window_size)
+        check_impl(impl)
         check_sigma(sigma)
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
@@ -48,6 +55,7 @@ class SSIMLoss(SegmentationLoss):
         self.form = form
         self.lam = float(lam)
         self.ignore_index = ignore_index
+        self.impl = impl
 
     @torch.no_grad()
     def _sums(self, x, target, valid, with_grad: bool):
@@ -148,6 +156,9 @@ class SSIMLoss(SegmentationLoss):
         return s_sum, stats.window_sum(d_mu).addcmul_(stats.window_sum(u), pm, value=-1), 2.0 * scale
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.impl == "reference":
+            return reference.ssim_loss(logits, target, self.window_size, self.sigma, self.form, self.lam,
+                                       self.ignore_index)
         return eager_forward(self._value_and_grad, logits, target, self.ignore_index)
 
     def _value_and_grad(self, x, target, valid, with_grad: bool):

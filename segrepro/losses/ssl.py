@@ -1,4 +1,9 @@
-"""Structural similarity loss (SSL paper, Section 3, Eqs. 10-17)."""
+"""Structural similarity loss (SSL paper, Section 3, Eqs. 10-17).
+
+To read this loss against the paper, start with :func:`segrepro.losses.reference.ssl_loss`: the same loss in
+plain autograd, equation by equation (``impl="reference"`` runs it). This module is its fast form, tested
+against it in ``tests/test_losses_reference.py``; what each speed-up gained is in ``docs/performance.md``.
+"""
 from __future__ import annotations
 
 import math
@@ -8,7 +13,8 @@ import torch
 
 from ._autograd import eager_forward, eager_terms
 from ._chunks import chunks_in_order, gather_classes, one_hot_chunk, present_chunks, scatter_classes
-from ._functional import autocast_off, check_window, log_q, prepare
+from . import reference
+from ._functional import autocast_off, check_impl, check_window, log_q, prepare
 from ._stats import LocalStats, center_weight, check_sigma
 from .base import SegmentationLoss
 
@@ -78,9 +84,11 @@ class SSLLoss(SegmentationLoss):
         ohem: bool = True,
         reweight: bool = True,
         ignore_index: int = 255,
+        impl: str = "fast",
     ):
         super().__init__()
         check_window("region_size", region_size)
+        check_impl(impl)
         check_sigma(sigma)
         _check_fraction("beta", beta, upper_open=True)
         _check_fraction("lam", lam, upper_open=False)
@@ -94,6 +102,7 @@ class SSLLoss(SegmentationLoss):
         self.ohem = bool(ohem)
         self.reweight = bool(reweight)
         self.ignore_index = ignore_index
+        self.impl = impl
         w_c = center_weight(region_size, sigma)
         # region_size=1 (w_c = 1): e is 0 everywhere and so is its range.
         self.e_max = 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + self.c4) if w_c < 1 else 0.0
@@ -137,6 +146,9 @@ class SSLLoss(SegmentationLoss):
             return e
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.impl == "reference":
+            return reference.ssl_loss(logits, target, self.region_size, self.sigma, self.beta, self.lam, self.c4,
+                                      self.ohem, self.reweight, self.ignore_index)
         return eager_forward(self._value_and_grad, logits, target, self.ignore_index)
 
     @torch.no_grad()
