@@ -129,6 +129,7 @@ def real_camvid_subset(root: Path, split_sizes: dict) -> Path:
     return root
 
 
+@pytest.mark.slow
 @needs_real_camvid
 def test_a_few_training_iterations_on_real_camvid(tmp_path):
     root = real_camvid_subset(tmp_path / "camvid", {"train": 8, "val": 4})

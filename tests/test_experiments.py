@@ -75,6 +75,7 @@ def roots(tmp_path_factory):
     return {"voc": prepared_voc(base), "cityscapes": prepared_cityscapes(base / "cityscapes")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", sorted(PAPER))
 def test_one_iteration_of_every_stage(experiment, roots, tmp_path):
     data = "cityscapes" if "cityscapes" in experiment else "voc"

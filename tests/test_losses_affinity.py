@@ -58,6 +58,7 @@ def reference(logits, target, kernel_size=3, margin=3.0):
             torch.stack(edges).mean() if edges else zero, torch.stack(non_edges).mean() if non_edges else zero)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel_size", [3, 5, 1])
 @pytest.mark.parametrize("chunk", [8, 2])
 def test_value_terms_and_gradient_match_loop_reference(kernel_size, chunk, monkeypatch):

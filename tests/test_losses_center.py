@@ -132,6 +132,7 @@ def _ddp_worker(rank, world_size, init_file, features, target, result):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_update_sums_statistics_across_ranks(tmp_path):
     _, target, features = sample(n=4, seed=6)
     single = make_loss(seed=6)

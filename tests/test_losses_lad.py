@@ -98,6 +98,7 @@ def regions(seed=0):
     return logits, target
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel_size,stride", [(3, 1), (5, 1), (7, 1), (3, 2), (5, 3)])
 def test_block_labels_match_reference(kernel_size, stride):
     logits, target = regions(seed=kernel_size + stride)

@@ -101,6 +101,7 @@ SSL_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", SSL_CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
 def test_ssl_matches_reference(kwargs, batch, batch_strategy):
     logits, target = batch
@@ -114,6 +115,7 @@ def test_ssl_matches_reference(kwargs, batch, batch_strategy):
         assert 0.01 < hard < 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["eq7", "eq9"])
 def test_ssim_matches_reference(form, batch, batch_strategy):
     logits, target = batch
@@ -130,6 +132,7 @@ AFFINITY_CASES = [
 
 @pytest.mark.parametrize("kwargs", AFFINITY_CASES,
                          ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
+@pytest.mark.slow
 def test_affinity_matches_reference(kwargs, batch, batch_strategy):
     logits, target = batch
     loss = AffinityFieldLoss(**kwargs)
@@ -138,6 +141,7 @@ def test_affinity_matches_reference(kwargs, batch, batch_strategy):
                    ("affinity", str(kwargs)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel_size,k,stride", [(3, 3.0, 1), (5, 3.0, 1), (5, 3.0, 2), (3, 0.5, 1)])
 def test_lad_matches_reference(kernel_size, k, stride, batch, batch_strategy):
     logits, target = batch
@@ -167,6 +171,7 @@ def test_ssl_reference_matches_loop_oracle():
     torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["eq7", "eq9"])
 def test_ssim_reference_matches_loop_oracle(form):
     from .test_losses_ssim import reference
@@ -267,18 +272,21 @@ def test_window_and_shift():
     assert out[0, 0, 1] == t[0, 1, 0] and (out[0, :, 0] == -7).all() and (out[0, 2] == -7).all()
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("size", [3, 7])
-def test_local_mean_is_exact_on_flat_windows_and_nan_free(size):
-    """Where every valid pixel of a window holds 1 the mean is exactly 1, also in float32 (numerator and
-    denominator are the same convolution): a window of one label has var_y = 0 and y_nor = 1. A center
-    whose window has no valid pixel gives 0 and no NaN in values or gradients."""
-    mask = torch.ones(2, 1, 15, 15)
+def test_local_mean_is_exact_on_flat_windows_and_nan_free(size, dtype, layout):
+    """Where every valid pixel of a window holds 1 the mean is exactly 1 (numerator and denominator are
+    the same convolution, in the layout of ``v``: the one-hot map is channels-last): a window of one label
+    has var_y = 0 and y_nor = 1. A center whose window has no valid pixel gives 0 and no NaN in values or
+    gradients."""
+    mask = torch.ones(2, 1, 15, 15, dtype=dtype)
     mask[:, :, 5:10, 4:11] = 0  # center (7, 7) sees no valid pixel in a 3x3 window
     mask[1, :, 0, :] = 0
-    v = torch.rand(2, 3, 15, 15, generator=torch.Generator().manual_seed(0))
+    v = torch.rand(2, 3, 15, 15, generator=torch.Generator().manual_seed(0), dtype=dtype)
     v[:, 1] = 1.0
-    v.requires_grad_()
-    window = ref.gaussian_window(size, 1.5, torch.float32)
+    v = v.contiguous(memory_format=layout).requires_grad_()
+    window = ref.gaussian_window(size, 1.5, dtype)
     mean = ref.local_mean(v, mask, window)
     if size == 3:
         assert mean[0, 0, 7, 7] == 0

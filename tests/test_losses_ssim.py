@@ -45,6 +45,7 @@ def reference(logits, target, size=3, sigma=1.5, form="eq7", lam=0.5):
     return lam * torch.stack(bce).mean() + (1 - lam) * torch.stack(one_minus_s).mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["eq7", "eq9"])
 @pytest.mark.parametrize("size,sigma,lam", [(3, 1.5, 0.5), (3, None, 0.2), (5, 1.0, 1.0), (1, 1.5, 0.0)])
 def test_value_and_gradient_match_loop_reference(form, size, sigma, lam):
@@ -67,6 +68,7 @@ def test_gradcheck_across_class_chunks(form, monkeypatch):
     assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits.requires_grad_(),), fast_mode=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["eq7", "eq9"])
 def test_classes_absent_from_the_batch_match_loop_reference(form, monkeypatch):
     """Absent classes skip the statistics of their (zero) one-hot map: same value and gradient."""

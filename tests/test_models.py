@@ -43,6 +43,7 @@ def test_logits_at_input_resolution_for_odd_sizes(arch, size, output_stride):
     ("deeplabv3", [6, 12, 18], 32, 16),
     ("deeplabv3plus", [6, 12, 18], 32, 4),
 ])
+@pytest.mark.slow
 @pytest.mark.parametrize("upsampling", ["bilinear", "deconv"])
 def test_features_and_logits_shapes(arch, rates, feature_dim, feature_stride, upsampling):
     model = build_eval(arch=arch, atrous_rates=rates, upsampling=upsampling)
@@ -60,6 +61,7 @@ def test_features_and_logits_shapes(arch, rates, feature_dim, feature_stride, up
     ("deeplabv3plus_x65", 256, 4),
     ("deeplabv3plus_r18", 256, 4),
 ])
+@pytest.mark.slow
 def test_model_yamls_build_and_run_on_an_odd_input(name, feature_dim, feature_stride):
     cfg = OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{name}.yaml")
     cfg.pretrained = False  # no download in tests

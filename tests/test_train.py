@@ -46,6 +46,7 @@ def weights(path):
     return load_checkpoint(path)["model"]
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tiny_cfg, tmp_path, monkeypatch):
     # 8 training images at batch 2: 4 steps an epoch, so the step-3 checkpoint sits mid-epoch
     common = ("trainer.max_iters=6", "trainer.ckpt_every=3", "trainer.eval_every=0", "trainer.keep_last=5")
@@ -75,6 +76,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_cfg, tmp_path, monkey
     assert any(not torch.equal(a["model"][k], step3[k]) for k in step3 if step3[k].is_floating_point())
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_step_terms_and_intact_checkpoint(tiny_cfg, tmp_path, monkeypatch):
     cfg = tiny_cfg("trainer.max_iters=4", "trainer.ckpt_every=2", "trainer.eval_every=0")
     forward = torch.nn.Module.__call__
@@ -99,6 +101,7 @@ def test_non_finite_loss_stops_with_step_terms_and_intact_checkpoint(tiny_cfg, t
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_stages_chain_weights_and_honour_command_line_overrides(tiny_cfg, tmp_path):
     stages = "stages=[{name:first},{name:second,optim:{lr:0.001},trainer:{max_iters:50,freeze_bn:true}}]"
     cfg = tiny_cfg("trainer.max_iters=2", "trainer.eval_every=0", stages)
@@ -160,6 +163,7 @@ def test_missing_checkpoint_is_a_clean_error(tmp_path):
     assert "nope.pt" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_loss_terms_reach_tensorboard_and_center_loss_is_wired(tiny_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -176,6 +180,7 @@ def test_loss_terms_reach_tensorboard_and_center_loss_is_wired(tiny_cfg, tmp_pat
     assert centers.abs().sum() > 0  # moved from their zero start by update_centers
 
 
+@pytest.mark.slow
 def test_affinity_loss_is_told_the_training_progress(tiny_cfg, tmp_path, monkeypatch):
     from segrepro.losses import AffinityFieldLoss
 
@@ -194,6 +199,7 @@ def test_affinity_loss_is_told_the_training_progress(tiny_cfg, tmp_path, monkeyp
     ["loss=center"],
     ["loss=focal"],
 ])
+@pytest.mark.slow
 def test_every_loss_trains_from_the_command_line_overrides(tiny_cfg, tmp_path, overrides):
     final = run(tiny_cfg("trainer.max_iters=2", "trainer.eval_every=0", *overrides), tmp_path, overrides)
     assert 0.0 <= final["miou"] <= 1.0

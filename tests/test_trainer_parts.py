@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from segrepro.engine.build import build_training
@@ -32,6 +33,7 @@ def test_frozen_batchnorm_stays_in_eval_mode_whatever_train_is_called_with():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_frozen_batchnorm_statistics_survive_training_with_evaluations(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.max_iters=3", "trainer.eval_every=1", "trainer.freeze_bn=true")
     parts = build_training(cfg, tmp_path, CPU)
@@ -69,6 +71,7 @@ class RecordingLoss(SegmentationLoss):
         self.calls.append(("after_step", logits.requires_grad))
 
 
+@pytest.mark.slow
 def test_trainer_calls_every_hook_of_a_loss_it_is_handed(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.max_iters=2", "trainer.eval_every=0", "trainer.log_every=1")
     parts = build_training(cfg, tmp_path, CPU)

@@ -1,7 +1,6 @@
 """Shared functional core of the losses: input checks, dtype policy, masks.
 
-Every loss in :mod:`segrepro.losses` follows one contract
-(``../shared/spec/losses.md``, "Common contract"): ``logits [N, C, H, W]``,
+Every loss in :mod:`segrepro.losses` follows one contract: ``logits [N, C, H, W]``,
 ``target [N, H, W]`` int64 with values in ``0..C-1`` or ``ignore_index``;
 ignored pixels contribute nothing; an all-ignored batch gives a zero that
 keeps the graph; bad input is a ``ValueError`` naming the problem; half

@@ -5,9 +5,8 @@ What it is for
 The classes in :mod:`segrepro.losses` (``SSLLoss``, ``SSIMLoss``,
 ``AffinityFieldLoss``, ``LADLoss``) compute exactly these losses, but in chunks
 of classes, with in-place steps and hand-written gradients. This module is the
-same mathematics in a form to read next to the papers
-(``../shared/papers/``; the choices the papers leave open are in
-``../shared/spec/losses.md`` and ``docs/fidelity.md``): each block is one
+same mathematics in a form to read next to the papers (the choices the papers
+leave open are in ``docs/fidelity.md``): each block is one
 equation, and autograd takes the gradients. It is also the oracle the fast
 paths are tested against (``tests/test_losses_reference.py``, values and
 gradients in float64, on both batch strategies).
@@ -80,13 +79,14 @@ def local_mean(v: torch.Tensor, mask: torch.Tensor, window: torch.Tensor) -> tor
         mean(v)_i = sum_j w_(j-i) m_j v_j / sum_j w_(j-i) m_j = conv(v * m, w) / conv(m, w)
 
     ``v [N, K, H, W]``, ``mask [N, 1, H, W]`` (1 valid, 0 ignored), ``window`` from :func:`gaussian_window`.
-    The mask is made a full map of ``v``'s shape and layout, so that numerator and denominator come from
-    the same convolution: where every valid pixel of a window holds the value 1 the quotient is exactly 1
-    (a window of one label has ``mu_y = 1`` and ``var_y = 0``, no rounding). A window without a valid
+    The mask is made a full map of ``v``'s shape and memory layout, so that numerator and denominator are
+    summed by the same convolution in the same order (a broadcast mask, or another layout, is summed in
+    another order in float64 on CPU): where every valid pixel of a window holds the value 1 the quotient
+    is exactly 1 (a window of one label has ``mu_y = 1`` and ``var_y = 0``, no rounding). A window without a
     pixel (only at ignored centers, whose statistics are never used) has denominator 0: it is replaced by
     1 so that no NaN reaches a value or a gradient.
     """
-    mask = torch.ones_like(v) * mask
+    mask = torch.ones_like(v) * mask  # [N, K, H, W], v's layout
     num = window_sum(v * mask, window)
     den = window_sum(mask, window)
     return num / torch.where(den > 0, den, 1.0)
