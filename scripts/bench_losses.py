@@ -2,6 +2,7 @@
 
     python scripts/bench_losses.py [--device cpu|cuda] [--n N --c C --size S --repeats R]
                                    [--threads T] [--quick] [--only TEXT] [--no-model] [--keep-memory]
+                                   [--reference]
 
 For each loss: forward + backward on the same logits as CE, with label maps
 drawn from the synthetic dataset (its 6 classes remapped per image onto a few
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import math
 import os
 import statistics
@@ -62,10 +64,21 @@ VARIANTS = [
 FEATURE_DIM, FEATURE_STRIDE = 256, 4  # decoder features of a DeepLab head at 1/4 resolution
 
 
-def variants():
-    """Every configured variant, plus any exported loss not configured (default arguments)."""
+def loss_classes() -> list:
+    """The names of the losses exported by :mod:`segrepro.losses` (the protocol's base class left out)."""
+    return [name for name in losses.__all__ if isinstance(getattr(losses, name), type)
+            and issubclass(getattr(losses, name), losses.SegmentationLoss) and name != "SegmentationLoss"]
+
+
+def variants(reference: bool = False):
+    """Every configured variant, plus any exported loss not configured (default arguments); with
+    ``reference``, also each windowed loss's ``impl="reference"`` (the plain autograd form)."""
     configured = {name for name, _ in VARIANTS}
-    return VARIANTS + [(name, {}) for name in losses.__all__ if name not in configured]
+    found = VARIANTS + [(name, {}) for name in loss_classes() if name not in configured]
+    if reference:
+        found += [(name, {**kwargs, "impl": "reference"}) for name, kwargs in found
+                  if "impl" in inspect.signature(getattr(losses, name)).parameters]
+    return found
 
 
 def label_maps(n: int, num_classes: int, height: int, width: int) -> torch.Tensor:
@@ -202,6 +215,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 2 repeats")
     parser.add_argument("--only", metavar="TEXT", help="only the losses whose label contains TEXT (e.g. SSL)")
     parser.add_argument("--no-model", action="store_true", help="skip the DeepLabV3-ResNet-101 step (no shares)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time impl='reference' of the windowed losses (plain autograd)")
     parser.add_argument("--keep-memory", action="store_true",
                         help="CPU: keep freed memory in the process (glibc), for repeatable timings")
     args = parser.parse_args(argv)
@@ -228,7 +243,7 @@ def main(argv=None) -> int:
     for _ in range(3):  # let the allocator settle before anything is timed
         ce()
     rows = []
-    for name, kwargs in variants():
+    for name, kwargs in variants(args.reference):
         kwargs = arguments(name, kwargs, args.c)
         label = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
         if args.only and args.only not in label:
