@@ -89,6 +89,18 @@ def test_data_root_reaches_the_dataset_and_wins_over_a_checkpoints_config(tmp_pa
     assert isinstance(dataset, CamVidSegmentation) and dataset.pairs[0][0].startswith(str(new))
 
 
+def test_a_data_choice_replaces_a_checkpoints_whole_data_section(tmp_path):
+    root = make_camvid_tree(tmp_path)
+    saved = OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                            OmegaConf.to_container(compose_config(["debug=tiny"]), resolve=True))
+    overrides = ["data=camvid", f"data.root={root}", "data.dataset.scale=0.5"]  # segrepro eval ... data=camvid
+    reapply_overrides(saved, compose_config(overrides + ["checkpoint=x"], "eval"), overrides)
+    assert dict(saved.data.dataset) == {"_target_": "segrepro.data.CamVidSegmentation", "scale": 0.5}
+    assert saved.data.num_classes == 11 and saved.data.crop_size == 321  # camvid's, not the tiny run's
+    dataset = build_dataset(saved.data, "train", train=False)
+    assert isinstance(dataset, CamVidSegmentation) and dataset.scale == 0.5
+
+
 def test_split_and_transform_are_not_dataset_arguments():
     cfg = compose_config(["+data.dataset.split=val"])
     with pytest.raises(ValueError, match="data.dataset.split cannot be set.*data.train_split"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -52,3 +53,13 @@ def test_write_json_round_trips_and_a_failed_dump_keeps_the_old_file(tmp_path):
         write_json({"miou": 0.6, "bad": object()}, path)  # not JSON: fails part-way through the dump
     assert json.loads(path.read_text()) == {"miou": 0.5, "iou": [0.25, 0.75]}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_the_file_gets_the_umasks_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "out.txt", "w") as file:
+            file.write("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644  # readable by others, as open() makes it
