@@ -71,7 +71,7 @@ def convert_split(root: Path, split: str) -> None:
     todo = [s for s in sources if not s.with_name(s.name.replace(LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX)).exists()]
     for source in tqdm(todo, desc=f"train ids {split}", unit="label"):
         target = source.with_name(source.name.replace(LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX))
-        write_label(target, label_ids_to_train_ids(read_label(source), source))
+        write_label(target, label_ids_to_train_ids(read_label(source), source), fsync=False)
     note = "" if len(sources) == SPLIT_SIZES[split] else f" (the full dataset has {SPLIT_SIZES[split]})"
     print(f"gtFine/{split}: {len(sources)} labels{note}, {len(todo)} converted now")
 

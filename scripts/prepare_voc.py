@@ -127,7 +127,7 @@ def write_labels(names, voc_labelled, voc_root: Path, sbd_root: Path, label_dir:
         if name in voc_labelled:
             copy_atomic(voc_root / "SegmentationClass" / f"{name}.png", target)
         else:
-            write_label(target, read_sbd_label(sbd_root / "cls" / f"{name}.mat"), palette)
+            write_label(target, read_sbd_label(sbd_root / "cls" / f"{name}.mat"), palette, fsync=False)
 
 
 def read_sbd_label(path: Path) -> np.ndarray:

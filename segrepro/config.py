@@ -133,8 +133,9 @@ class ConfigError(ValueError):
 def compose_config(overrides: list[str], config_name: str = "train"):
     """Compose ``configs/<config_name>.yaml`` with ``overrides`` outside a Hydra run (tests, checks).
 
-    Each call returns its own copy; the composition itself (about 0.2 s) is done once per
-    ``(overrides, config_name)`` in a process, which does not see later edits of the YAML files."""
+    Each call returns its own copy; the composition itself is done once per ``(overrides,
+    config_name)`` in a process, which does not see later edits of the YAML files
+    (``compose_config.cache_clear()`` forgets them)."""
     return copy.deepcopy(_compose(tuple(overrides), config_name))
 
 
@@ -145,6 +146,9 @@ def _compose(overrides: tuple, config_name: str):
     register_configs()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+compose_config.cache_clear = _compose.cache_clear
 
 
 _KEY_PATTERNS = (
@@ -231,6 +235,29 @@ def instantiate(node, key: str, **kwargs):
         if name in named and args.get(name) is None:
             args[name] = value
     return cls(**args)
+
+
+# data.name -> dataset class, for run configs saved before data.dataset (data.name + data.params)
+_DATASETS_BEFORE_TARGET = {
+    "synthetic": "segrepro.data.SyntheticSegmentation",
+    "voc": "segrepro.data.VOCSegmentation",
+    "cityscapes": "segrepro.data.CityscapesSegmentation",
+    "camvid": "segrepro.data.CamVidSegmentation",
+}
+
+
+def saved_run_config(saved: dict):
+    """A checkpoint's saved config on today's schema; one saved before datasets were chosen by
+    ``data.dataset._target_`` (``data.name`` + ``data.params``) is brought to that form first."""
+    data = dict(saved.get("data") or {})
+    if "params" in data:
+        params = data.pop("params") or {}
+        if data.get("name") not in _DATASETS_BEFORE_TARGET:
+            raise ValueError(f"the checkpoint's config has data.name={data.get('name')!r} and data.params, "
+                             f"from before data.dataset; known names: {sorted(_DATASETS_BEFORE_TARGET)}")
+        data["dataset"] = {"_target_": _DATASETS_BEFORE_TARGET[data["name"]], **params}
+        saved = {**saved, "data": data}
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
 
 
 def reapply_overrides(cfg, composed, overrides: list[str]) -> None:

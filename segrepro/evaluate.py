@@ -11,10 +11,9 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 
-from .config import CONFIG_DIR, TrainConfig, reapply_overrides, register_configs
-from .engine.build import build_amp, build_evaluator
+from .config import CONFIG_DIR, reapply_overrides, register_configs, saved_run_config
+from .engine.build import build_evaluator
 from .engine.checkpoint import load_checkpoint
 from .engine.distributed import cleanup, init_distributed
 from .entry import guarded, run_hydra
@@ -28,15 +27,14 @@ def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
     state = load_checkpoint(cfg.checkpoint)
     if "model" not in state or "config" not in state:
         raise ValueError(f"{cfg.checkpoint} is not a segrepro checkpoint (no 'model'/'config' entries)")
-    run_cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"])
+    run_cfg = saved_run_config(state["config"])
     reapply_overrides(run_cfg, cfg, overrides)
     dist_info = init_distributed(run_cfg.trainer.device)
     try:
         model = build_model(run_cfg.model, run_cfg.data.num_classes)
         model.load_state_dict(state["model"])
         model.to(dist_info.device)
-        autocast, _ = build_amp(run_cfg.trainer, dist_info.device)
-        evaluator = build_evaluator(run_cfg, dist_info, autocast)
+        evaluator = build_evaluator(run_cfg, dist_info)  # float32, no autocast
         metrics, matrix, _ = evaluator.run(model)
         if dist_info.is_main:
             names = evaluator.class_names

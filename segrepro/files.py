@@ -21,16 +21,19 @@ from typing import Iterator, Optional
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: Optional[str] = None, **open_kwargs) -> Iterator:
+def atomic_write(path, mode: Optional[str] = None, fsync: bool = True, **open_kwargs) -> Iterator:
     """Write ``path`` atomically (see the module docstring).
 
     Without ``mode`` the block gets the temporary file's :class:`~pathlib.Path` and writes it by
     name (``torch.save``, ``PIL.Image.save``, ...); with ``mode`` (``"w"``, ``"wb"``, ...) it gets
-    the temporary file opened with ``open_kwargs``. The parent folder is created if missing.
+    the temporary file opened with ``open_kwargs``. The temporary file keeps ``path``'s extension
+    (for writers that choose the format by it). The parent folder is created if missing.
+    ``fsync=False`` skips the flush to disk (many small files that can be made again): the file is
+    still never seen half-written, but a power loss may leave it empty.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     # created here (unique: O_EXCL) with the umask's permissions, which mkstemp's 0600 would not give
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
@@ -40,7 +43,8 @@ def atomic_write(path, mode: Optional[str] = None, **open_kwargs) -> Iterator:
             with open(tmp, mode, **open_kwargs) as file:
                 yield file
                 file.flush()
-        _fsync(tmp)
+        if fsync:
+            _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from segrepro.config import TrainConfig, compose_config, instantiate, reapply_overrides
+from segrepro.config import TrainConfig, compose_config, instantiate, reapply_overrides, saved_run_config
 from segrepro.data import CamVidSegmentation, SyntheticSegmentation, build_dataset
 
 from .test_data_camvid import make_camvid_tree
@@ -122,3 +122,19 @@ def test_debug_tiny_shrinks_the_synthetic_data_and_leaves_other_datasets_valid()
         "_target_": "segrepro.data.CamVidSegmentation", "scale": 1.0}
     recipe = compose_config(["experiment=ssl/voc_deeplabv3", "debug=tiny"])  # debug comes after the recipe
     assert recipe.data.crop_size == 33 and recipe.data.dataset._target_ == "segrepro.data.VOCSegmentation"
+
+
+def test_a_checkpoint_config_from_before_data_dataset_is_brought_to_it(tmp_path):
+    root = make_camvid_tree(tmp_path)
+    old = OmegaConf.to_container(compose_config(["data=camvid", f"data.root={root}"]), resolve=True)
+    old["data"] = {**{k: v for k, v in old["data"].items() if k != "dataset"}, "params": {"scale": 0.5}}
+    cfg = saved_run_config(old)
+    assert dict(cfg.data.dataset) == {"_target_": "segrepro.data.CamVidSegmentation", "scale": 0.5}
+    dataset = build_dataset(cfg.data, "train", train=False)
+    assert isinstance(dataset, CamVidSegmentation) and dataset.scale == 0.5
+    old["data"]["name"] = "mine"
+    with pytest.raises(ValueError, match="data.name='mine'"):
+        saved_run_config(old)
+    # Today's configs pass through unchanged.
+    today = OmegaConf.to_container(compose_config(["debug=tiny"]), resolve=True)
+    assert OmegaConf.to_container(saved_run_config(today)) == today

@@ -13,7 +13,8 @@ from .conftest import TINY
 pytestmark = pytest.mark.slow  # torchrun subprocesses
 
 # 5 validation images: an uneven split over 2 ranks, where sampler padding would count one twice
-DATA = TINY + ["data.dataset.num_samples={train:8,val:5}", "data.batch_size=4"]  # 2 per process: BN needs 2
+DATA = TINY + ["data.dataset.num_samples={train:8,val:5}", "data.batch_size=4",  # 2 per process: BN needs 2
+               "data.val_batch_size=4"]
 
 
 def torchrun(module, *args, cwd):

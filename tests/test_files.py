@@ -63,3 +63,12 @@ def test_the_file_gets_the_umasks_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644  # readable by others, as open() makes it
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_the_temporary_file_keeps_the_extension_for_writers_that_go_by_it(tmp_path, fsync):
+    path = tmp_path / "label.png"
+    with atomic_write(path, fsync=fsync) as tmp:
+        assert tmp.suffix == ".png" and tmp.name.startswith(".label.")
+        tmp.write_bytes(b"png")
+    assert path.read_bytes() == b"png" and [p.name for p in tmp_path.iterdir()] == ["label.png"]

@@ -175,10 +175,9 @@ def test_loss_falls_when_training_a_tiny_net(name):
     optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     images, target = toy_data()
     values = []
-    for step in range(20):
+    for _ in range(20):
         features = hidden(images)
         inputs = (head(features), target) + ((features,) if loss.needs_features else ())
-        loss.set_progress(step / 20)
         value = loss(*inputs)
         optimizer.zero_grad()
         value.backward()

@@ -158,6 +158,39 @@ def test_lad_matches_reference(kernel_size, k, stride, batch, batch_strategy):
 # The references against the float64 loop oracles of the per-loss tests (small samples)
 # ---------------------------------------------------------------------------------------------------------
 
+QUICK_LOSSES = {
+    "ssl": (lambda: SSLLoss(), ref.ssl_loss),
+    "ssim": (lambda: SSIMLoss(form="eq7"), lambda x, t: ref.ssim_loss(x, t, form="eq7")),
+    "affinity": (lambda: AffinityFieldLoss(), ref.affinity_field_loss),
+    "lad": (lambda: LADLoss(kernel_size=5), ref.lad_loss),
+}
+
+
+@pytest.mark.parametrize("name", QUICK_LOSSES)
+def test_fast_matches_reference_on_a_small_voc_like_batch(name, batch_strategy):
+    """The quick tier's version of the comparisons above: 2 x 21 classes x 21x21."""
+    logits, target = voc_like(size=21, seed=1)
+    make, reference = QUICK_LOSSES[name]
+    assert_matches(make().double(), reference, logits, target, ("quick", name))
+
+
+def test_batch_strategy_chooses_the_groups_of_images():
+    from segrepro.losses import batch_strategy
+    from segrepro.losses._chunks import image_groups
+
+    x = torch.zeros(3, 1, 1, 1)
+    assert image_groups(x) == [slice(0, 1), slice(1, 2), slice(2, 3)]  # auto on CPU: per image
+    with batch_strategy("whole_batch"):
+        assert image_groups(x) == [slice(None)]
+        with batch_strategy("per_image"):
+            assert len(image_groups(x)) == 3
+        assert image_groups(x) == [slice(None)]
+    assert len(image_groups(x)) == 3
+    with pytest.raises(ValueError, match="batch strategy"):
+        with batch_strategy("by_row"):
+            pass
+
+
 def test_ssl_reference_matches_loop_oracle():
     from .test_losses_ssl import reference_e, reference_loss
     from .window_reference import sample

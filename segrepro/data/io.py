@@ -54,13 +54,15 @@ def read_label(path) -> np.ndarray:
     return np.asarray(label)
 
 
-def write_label(path, label: np.ndarray, palette: Optional[Sequence[Sequence[int]]] = None) -> None:
-    """Write a uint8 label map as PNG, atomically: a palette PNG with ``palette``, else grayscale."""
+def write_label(path, label: np.ndarray, palette: Optional[Sequence[Sequence[int]]] = None,
+                fsync: bool = True) -> None:
+    """Write a uint8 label map as PNG, atomically: a palette PNG with ``palette``, else grayscale;
+    ``fsync=False`` for the thousands of maps a prepare script writes (see :func:`atomic_write`)."""
     image = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="L")
     if palette is not None:
         image = image.convert("P")
         image.putpalette([channel for colour in palette for channel in colour])
-    with atomic_write(path) as tmp:
+    with atomic_write(path, fsync=fsync) as tmp:
         image.save(tmp, format="PNG")
 
 

@@ -28,8 +28,8 @@ def build_loss(loss_cfg, **context) -> SegmentationLoss:
     arguments of those names that the config leaves null or absent."""
     loss = instantiate(loss_cfg, "loss", **context)
     if not isinstance(loss, SegmentationLoss):
-        raise ValueError(f"loss._target_={loss_cfg._target_!r} is not a segrepro.losses.SegmentationLoss "
-                         "(subclass it: it declares the hooks the trainer calls)")
+        raise ValueError(f"loss._target_: {type(loss).__module__}.{type(loss).__qualname__} is not a "
+                         "segrepro.losses.SegmentationLoss (subclass it: it declares the hooks the trainer calls)")
     return loss
 
 

@@ -219,7 +219,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step < tcfg.max_iters:
-                self.write_metrics(self.evaluate())
+                self.evaluate()
+                self.write_metrics(self.evals[-1])
             if self.step % tcfg.ckpt_every == 0 and self.step < tcfg.max_iters:
                 self.save()
         bar.close()

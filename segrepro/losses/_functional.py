@@ -43,14 +43,31 @@ def check_window(name: str, size: int) -> None:
         raise ValueError(f"{name} must be a positive odd integer, got {size!r}")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_fraction(name: str, value, upper_open: bool = False) -> None:
+    """``value`` is a number in ``[0, 1]`` (``[0, 1)`` with ``upper_open``)."""
+    if not (_is_number(value) and 0 <= value and (value < 1 if upper_open else value <= 1)):
+        raise ValueError(f"{name} must be in [0, 1{')' if upper_open else ']'}, got {value!r}")
+
+
+def check_positive(name: str, value, integer: bool = False, zero: bool = False) -> None:
+    """``value`` is a positive number (an int with ``integer``; 0 allowed with ``zero``)."""
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not (value >= 0 if zero else value > 0):
+        what = "a non-negative" if zero else "a positive"
+        raise ValueError(f"{name} must be {what} {'integer' if integer else 'number'}, got {value!r}")
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+# impl of a windowed loss: "fast" (chunked, own gradient) or "reference" (segrepro.losses.reference)
 IMPLEMENTATIONS = ("fast", "reference")
-
-
-def check_impl(impl: str) -> None:
-    """``impl`` of a windowed loss: ``"fast"`` (chunked, own gradient) or ``"reference"`` (plain autograd,
-    :mod:`segrepro.losses.reference`)."""
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
 
 
 def compute_dtype(logits: torch.Tensor) -> torch.dtype:

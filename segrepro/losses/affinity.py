@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from ._autograd import Precomputed, eager_forward, eager_terms
 from ._chunks import chunks_in_order, gather_classes, image_groups
 from . import reference
-from ._functional import check_impl, check_window
+from ._functional import IMPLEMENTATIONS, check_choice, check_fraction, check_window
 from ._stats import repeat_channels
 from .base import SegmentationLoss
 
-EPS = 1e-4  # clipping of p and 1 - p, as in the official implementation
+EPS = reference.AFFINITY_EPS  # clipping of p and 1 - p, as in the official implementation
 
 
 def _span(d: int, n: int):
@@ -64,7 +64,7 @@ class AffinityFieldLoss(SegmentationLoss):
                  decay: bool = True, ignore_index: int = 255, impl: str = "fast"):
         super().__init__()
         check_window("kernel_size", kernel_size)
-        check_impl(impl)
+        check_choice("impl", impl, IMPLEMENTATIONS)
         self.kernel_size = kernel_size
         self.margin = float(margin)
         self.lam_edge = float(lam_edge)
@@ -76,8 +76,7 @@ class AffinityFieldLoss(SegmentationLoss):
 
     def set_progress(self, fraction: float) -> None:
         """Fraction of training done, in ``[0, 1]``; sets ``dec = 10^(-fraction)`` when ``decay``."""
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
-            raise ValueError(f"progress fraction must be in [0, 1], got {fraction!r}")
+        check_fraction("progress", fraction)
         self.progress = float(fraction)
 
     @property

@@ -5,8 +5,8 @@ Each training step the trainer calls, on any loss::
     loss.set_progress(step / max_iters)        # before the forward
     value = loss(*inputs)                      # inputs = (logits, target) or, with needs_features,
                                                #          (logits, target, features)
-    loss.terms(*inputs)                        # when logging (detached inputs, no grad)
     loss.after_step(*inputs)                   # after the optimizer step (detached inputs, no grad)
+    loss.terms(*inputs)                        # when logging, after that (detached inputs, no grad)
 
 A new loss subclasses :class:`SegmentationLoss`, overrides ``forward`` and the
 hooks it needs, and gets a ``configs/loss/<name>.yaml`` whose ``_target_``

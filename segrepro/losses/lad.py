@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 
 from ._chunks import image_groups
 from . import reference
-from ._functional import autocast_off, check_impl, check_window, prepare, zero_with_graph
+from ._functional import IMPLEMENTATIONS, autocast_off, check_choice, prepare, zero_with_graph
 from .base import SegmentationLoss
 
 
@@ -44,7 +44,7 @@ class _Standardize(torch.autograd.Function):
         return grad_logits.div_(std + ctx.eps).addcmul_(x, coef, value=-1.0), None
 
 
-def standardize(logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def standardize(logits: torch.Tensor, eps: float = reference.LAD_EPS) -> torch.Tensor:
     """``(x_hat - mean_c) / (std_c + eps)`` over the class axis, population std (LAD Sec. 3.1)."""
     return _Standardize.apply(logits, eps)
 
@@ -98,8 +98,8 @@ class _SelectivePool(torch.autograd.Function):
     Linear in ``x``: the backward scatters ``grad / xi`` back through the same
     masks. Each window offset is one shifted multiply-add over the logits; one
     accumulator the size of the output and one ``[N, 1, h, w]`` mask at a time,
-    so memory does not grow with ``kernel_size^2``. On CPU the images are pooled
-    one after the other (:func:`image_groups`).
+    so memory does not grow with ``kernel_size^2``. The images are pooled one
+    after the other or all at once (:func:`image_groups`: per image on CPU by default).
     """
 
     @staticmethod
@@ -146,12 +146,8 @@ class LADLoss(SegmentationLoss):
     def __init__(self, kernel_size: int = 5, k: float = 3.0, stride: int = 1, ignore_index: int = 255,
                  impl: str = "fast"):
         super().__init__()
-        check_window("kernel_size", kernel_size)
-        check_impl(impl)
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
-            raise ValueError(f"stride must be a positive integer, got {stride!r}")
-        if not k > 0:
-            raise ValueError(f"Minkowski exponent k must be > 0, got {k!r}")
+        reference.check_lad(kernel_size, k, stride)
+        check_choice("impl", impl, IMPLEMENTATIONS)
         self.kernel_size = kernel_size
         self.k = k
         self.stride = stride

@@ -11,13 +11,11 @@ import torch
 from ._autograd import Precomputed, eager_forward, eager_terms
 from ._chunks import gather_classes, one_hot_chunk, present_chunks, scatter_classes
 from . import reference
-from ._functional import check_impl, check_window, log_q
+from ._functional import IMPLEMENTATIONS, check_choice, check_fraction, check_window, log_q
 from ._stats import check_sigma
 from .base import SegmentationLoss
 
-C1 = 0.01**2
-C2 = 0.03**2
-FORMS = ("eq7", "eq9")
+C1, C2, FORMS = reference.C1, reference.C2, reference.SSIM_FORMS
 
 
 class SSIMLoss(SegmentationLoss):
@@ -44,12 +42,10 @@ class SSIMLoss(SegmentationLoss):
                  ignore_index: int = 255, impl: str = "fast"):
         super().__init__()
         check_window("window_size", window_size)
-        check_impl(impl)
+        check_choice("impl", impl, IMPLEMENTATIONS)
         check_sigma(sigma)
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam <= 1:
-            raise ValueError(f"lam must be in [0, 1], got {lam!r}")
+        check_choice("form", form, FORMS)
+        check_fraction("lam", lam)
         self.window_size = window_size
         self.sigma = sigma
         self.form = form

@@ -14,7 +14,9 @@ import torch
 from ._autograd import eager_forward, eager_terms
 from ._chunks import chunks_in_order, gather_classes, one_hot_chunk, present_chunks, scatter_classes
 from . import reference
-from ._functional import autocast_off, check_impl, check_window, log_q, prepare
+from ._functional import (
+    IMPLEMENTATIONS, autocast_off, check_choice, check_fraction, check_positive, check_window, log_q, prepare,
+)
 from ._stats import LocalStats, center_weight, check_sigma
 from .base import SegmentationLoss
 
@@ -50,14 +52,6 @@ def normalized_zero(c4: float) -> float:
     return 1.0 if c4 > 0 else 0.0
 
 
-def _check_fraction(name: str, value, upper_open: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value and (
-        value < 1 if upper_open else value <= 1
-    )
-    if not ok:
-        raise ValueError(f"{name} must be in [0, 1{')' if upper_open else ']'}, got {value!r}")
-
-
 class SSLLoss(SegmentationLoss):
     """``lam * BCE + (1 - lam) * L_ssl`` (SSL Eq. 17).
 
@@ -88,12 +82,11 @@ class SSLLoss(SegmentationLoss):
     ):
         super().__init__()
         check_window("region_size", region_size)
-        check_impl(impl)
+        check_choice("impl", impl, IMPLEMENTATIONS)
         check_sigma(sigma)
-        _check_fraction("beta", beta, upper_open=True)
-        _check_fraction("lam", lam, upper_open=False)
-        if isinstance(c4, bool) or not isinstance(c4, (int, float)) or not c4 >= 0:
-            raise ValueError(f"c4 must be a non-negative number, got {c4!r}")
+        check_fraction("beta", beta, upper_open=True)
+        check_fraction("lam", lam)
+        check_positive("c4", c4, zero=True)
         self.region_size = region_size
         self.sigma = sigma
         self.beta = float(beta)

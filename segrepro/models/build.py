@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import segmentation_models_pytorch as smp
 import timm
@@ -50,10 +50,11 @@ def check_model_config(cfg: ModelConfig, num_classes: int) -> None:
         raise ValueError(f"model.output_stride={cfg.output_stride} is not one of {list(OUTPUT_STRIDES)}")
     if cfg.upsampling not in UPSAMPLINGS:
         raise ValueError(f"model.upsampling={cfg.upsampling!r} is not one of {list(UPSAMPLINGS)}")
-    if cfg.arch != "deeplabv2" and len(cfg.atrous_rates) != 3:
-        raise ValueError(f"model.atrous_rates: {cfg.arch} needs 3 rates, got {list(cfg.atrous_rates)}")
+    num_rates = ARCHITECTURES[cfg.arch].num_rates
+    if num_rates is not None and len(cfg.atrous_rates) != num_rates:
+        raise ValueError(f"model.atrous_rates: {cfg.arch} needs {num_rates} rates, got {list(cfg.atrous_rates)}")
     if not cfg.atrous_rates:
-        raise ValueError("model.atrous_rates: deeplabv2 needs at least one rate, got []")
+        raise ValueError(f"model.atrous_rates: {cfg.arch} needs at least one rate, got []")
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if cfg.encoder.startswith("tu-"):
@@ -90,18 +91,25 @@ def _smp_parts(smp_class, feature_stride: Optional[int], cfg: ModelConfig, num_c
     return net.encoder, net.decoder, net.segmentation_head, cfg.decoder_channels, stride
 
 
-# model.arch -> (cfg, num_classes, encoder weights) -> (encoder, decoder, head, feature_dim, feature_stride)
-ARCHITECTURES = {
-    "deeplabv2": _deeplabv2_parts,
-    "deeplabv3": partial(_smp_parts, smp.DeepLabV3, None),
+class Architecture(NamedTuple):
+    """``parts(cfg, num_classes, encoder weights) -> (encoder, decoder, head, feature_dim, feature_stride)``;
+    ``num_rates``: how many ``model.atrous_rates`` it takes (None: one or more)."""
+
+    parts: Callable
+    num_rates: Optional[int]
+
+
+ARCHITECTURES = {  # model.arch
+    "deeplabv2": Architecture(_deeplabv2_parts, None),
+    "deeplabv3": Architecture(partial(_smp_parts, smp.DeepLabV3, None), 3),
     # DeepLabv3+'s decoder fuses the ASPP output with the stride-4 encoder stage
-    "deeplabv3plus": partial(_smp_parts, smp.DeepLabV3Plus, 4),
+    "deeplabv3plus": Architecture(partial(_smp_parts, smp.DeepLabV3Plus, 4), 3),
 }
 
 
 def _build_parts(cfg: ModelConfig, num_classes: int, encoder_weights: Optional[Any]) -> tuple:
     """(encoder, decoder, segmentation head, feature_dim, feature_stride) of the architecture."""
-    return ARCHITECTURES[cfg.arch](cfg, num_classes, encoder_weights)
+    return ARCHITECTURES[cfg.arch].parts(cfg, num_classes, encoder_weights)
 
 
 def _build_parts_pretrained(cfg: ModelConfig, num_classes: int) -> tuple:
