@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.segrepro-installed
 ARGS    ?=
 
-.PHONY: install demo test test-fast bench-losses tensorboard clean
+.PHONY: install demo test test-fast bench-losses bench-crf tensorboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test-fast: $(STAMP)  ## the suite without the tests marked slow (subprocesses, l
 
 bench-losses: $(STAMP)  ## time and memory of every loss against CE (add ARGS="--device cuda" on a GPU)
 	$(PY) scripts/bench_losses.py $(ARGS)
+
+bench-crf: $(STAMP)  ## dense-CRF seconds per image (VOC size, one core) and throughput over 1 and 2 worker processes
+	$(PY) scripts/bench_crf.py $(ARGS)
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir runs

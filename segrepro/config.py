@@ -102,11 +102,41 @@ class TrainerConfig:
 
 
 @dataclass
-class CRFConfig:
-    """Dense CRF post-processing at evaluation (``steps=0``: off)."""
+class GaussianKernelConfig:
+    """The CRF's colour-independent (smoothness) kernel: positions only."""
 
-    steps: int = 0
-    params: Dict[str, Any] = field(default_factory=dict)
+    sxy: float = 3.0
+    compat: float = 3.0
+
+
+@dataclass
+class BilateralKernelConfig:
+    """The CRF's appearance kernel: positions and RGB colour."""
+
+    sxy: float = 80.0
+    srgb: float = 13.0
+    compat: float = 10.0
+
+
+@dataclass
+class CRFConfig:
+    """Dense CRF post-processing at evaluation (segrepro/crf.py): ``steps`` mean-field iterations, or a
+    list of them all taken from one run (``0`` or ``[]``: off)."""
+
+    steps: Any = 0
+    workers: Optional[int] = None  # CRF processes per evaluating process; None: the cores it may use
+    during_training: bool = False  # also at the periodic evaluations (always at the final one)
+    gaussian: GaussianKernelConfig = field(default_factory=GaussianKernelConfig)
+    bilateral: BilateralKernelConfig = field(default_factory=BilateralKernelConfig)
+
+
+@dataclass
+class EvalConfig:
+    """Inference at evaluation: the probabilities averaged over ``scales`` (and their horizontal flips
+    with ``flip``) at the label's resolution, before any CRF. Both papers: ``[1.0]``, no flip."""
+
+    scales: List[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
 
 
 @dataclass
@@ -116,6 +146,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     loss: Any = None  # {_target_: segrepro.losses.X, ...}: checked against the class signature
     stages: List[Any] = field(default_factory=list)  # multi-stage recipes: overrides per stage
     checkpoint: Optional[str] = None  # for `segrepro eval`
@@ -249,6 +280,8 @@ _DATASETS_BEFORE_TARGET = {
 def saved_run_config(saved: dict):
     """A checkpoint's saved config on today's schema; one saved before datasets were chosen by
     ``data.dataset._target_`` (``data.name`` + ``data.params``) is brought to that form first."""
+    if "params" in (saved.get("crf") or {}):  # an unused key of the crf section before crf.py
+        saved = {**saved, "crf": {k: v for k, v in saved["crf"].items() if k != "params"}}
     data = dict(saved.get("data") or {})
     if "params" in data:
         params = data.pop("params") or {}

@@ -18,7 +18,7 @@ from .engine.checkpoint import load_checkpoint
 from .engine.distributed import cleanup, init_distributed
 from .entry import guarded, run_hydra
 from .files import write_json
-from .metrics import format_report
+from .metrics import format_comparison, format_report
 from .models import build_model
 
 
@@ -35,15 +35,28 @@ def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
         model.load_state_dict(state["model"])
         model.to(dist_info.device)
         evaluator = build_evaluator(run_cfg, dist_info)  # float32, no autocast
-        metrics, matrix, _ = evaluator.run(model)
+        result = evaluator.run(model, with_crf=True)
+        metrics = result.metrics
         if dist_info.is_main:
             names = evaluator.class_names
+            report = {"checkpoint": str(cfg.checkpoint), "step": int(state.get("step", -1)),
+                      "split": run_cfg.data.val_split, "class_names": names,
+                      "eval": {"scales": list(run_cfg.eval.scales), "flip": run_cfg.eval.flip},
+                      **metrics, "confusion_matrix": result.matrix.mat.cpu().tolist()}
+            title = f"{cfg.checkpoint} on {run_cfg.data.name}/{run_cfg.data.val_split}"
+            if result.crf:
+                report["crf"] = {str(steps): {**m, "confusion_matrix": matrix.mat.cpu().tolist()}
+                                 for steps, (m, matrix) in result.crf.items()}
+                report["crf_seconds_per_image"] = result.crf_seconds_per_image
+                columns = {"no CRF": metrics, **{f"CRF-{steps}": m for steps, (m, _) in result.crf.items()}}
+                print(format_comparison(columns, names, title=title))
+                print(f"  CRF: {result.crf_seconds_per_image:.3f} s per image (one run of "
+                      f"{max(result.crf)} steps, {evaluator.crf_workers} worker processes)")
+            else:
+                print(format_report(metrics, names, title=title))
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
-            write_json({"checkpoint": str(cfg.checkpoint), "step": int(state.get("step", -1)),
-                        "split": run_cfg.data.val_split, "class_names": names, **metrics,
-                        "confusion_matrix": matrix.mat.cpu().tolist()}, out / "eval.json")
-            print(format_report(metrics, names, title=f"{cfg.checkpoint} on {run_cfg.data.name}/{run_cfg.data.val_split}"))
+            write_json(report, out / "eval.json")
             print(f"written: {out.resolve() / 'eval.json'}")
         return metrics
     finally:

@@ -63,3 +63,21 @@ def format_report(metrics: dict, class_names, title: str = "validation") -> str:
     lines.append(f"  {'pixel acc':<{width}}  {100 * metrics['pixel_acc']:6.2f}")
     lines.append(f"  {'mean acc':<{width}}  {100 * metrics['mean_acc']:6.2f}")
     return "\n".join(lines)
+
+
+def format_comparison(columns: dict, class_names, title: str = "validation") -> str:
+    """Several evaluations side by side (in %): one column per ``{heading: metrics}`` entry, rows the
+    per-class IoU, then mIoU, pixel accuracy and mean accuracy."""
+    width = max([len(str(n)) for n in class_names] + [10])
+    cell = max([len(h) for h in columns] + [6])
+
+    def row(label, values):
+        return f"  {str(label):<{width}}" + "".join(
+            f"  {'n/a':>{cell}}" if v != v else f"  {100 * v:>{cell}.2f}" for v in values)
+
+    lines = [title, f"  {'class':<{width}}" + "".join(f"  {h:>{cell}}" for h in columns)]
+    for c, name in enumerate(class_names):
+        lines.append(row(name, [m["iou"][c] for m in columns.values()]))
+    for label, key in (("mIoU", "miou"), ("pixel acc", "pixel_acc"), ("mean acc", "mean_acc")):
+        lines.append(row(label, [m[key] for m in columns.values()]))
+    return "\n".join(lines)

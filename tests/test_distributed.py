@@ -36,13 +36,17 @@ def test_two_process_training_and_evaluation_match_single_process(tmp_path):
     assert metrics["step"] == 2
 
     ckpt = run_dir / "checkpoints" / "step_0000002.pt"
-    out = torchrun("segrepro.evaluate", f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path / 'e2'}", cwd=tmp_path)
+    crf = ["crf=dense", "crf.steps=[1,2]", "crf.workers=1"]  # each rank its own CRF pool
+    out = torchrun("segrepro.evaluate", f"checkpoint={ckpt}", *crf, f"hydra.run.dir={tmp_path / 'e2'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
-    out = single("segrepro.evaluate", f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path / 'e1'}", cwd=tmp_path)
+    out = single("segrepro.evaluate", f"checkpoint={ckpt}", *crf, f"hydra.run.dir={tmp_path / 'e1'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
     two = json.loads((tmp_path / "e2" / "eval.json").read_text())
     one = json.loads((tmp_path / "e1" / "eval.json").read_text())
     assert two["confusion_matrix"] == one["confusion_matrix"]
     assert sum(map(sum, one["confusion_matrix"])) > 0
+    for steps in ("1", "2"):
+        assert two["crf"][steps]["confusion_matrix"] == one["crf"][steps]["confusion_matrix"]
+        assert sum(map(sum, one["crf"][steps]["confusion_matrix"])) == sum(map(sum, one["confusion_matrix"]))
     # the training run's own distributed evaluation saw the same matrix's metrics
     assert metrics["final"]["miou"] == pytest.approx(one["miou"])

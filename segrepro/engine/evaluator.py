@@ -1,35 +1,100 @@
-"""Evaluation: predictions at the label's original resolution, a confusion matrix summed over ranks.
+"""Evaluation: predictions at the label's original resolution, a confusion matrix summed over ranks,
+optionally multi-scale / flipped inference and dense-CRF refinement at several step counts.
 
 In distributed runs each rank takes every ``world_size``-th image (no sampler
 padding), so every validation image is counted exactly once and the reduced
-matrix equals the single-process one.
+matrices equal the single-process ones.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from ..crf import DenseCRF, refine_timed
 from ..metrics import ConfusionMatrix
 from .distributed import DistInfo
 
 
-def shard(dataset, rank: int, world_size: int):
-    """This rank's share of ``dataset``: indices ``rank, rank + world_size, ...``."""
-    return Subset(dataset, range(rank, len(dataset), world_size))
+def default_crf_workers() -> int:
+    """The cores this process may use, shared among the processes of this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def to_uint8_images(images: torch.Tensor, mean, std) -> np.ndarray:
+    """Normalized ``[N, 3, H, W]`` images back to the ``[N, H, W, 3]`` uint8 RGB they were made from (the
+    normalization ``(x / 255 - mean) / std`` undone and rounded: no second decode of the files)."""
+    mean = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    rgb = ((images * std + mean) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return rgb.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class Evaluation:
+    """One evaluation: ``metrics`` and ``matrix`` without CRF, the first batch ``(images, labels,
+    predictions)`` for display, and with CRF ``crf[steps] = (metrics, matrix)`` and the CRF's mean
+    seconds per image (one run to the largest step count, in a worker)."""
+
+    metrics: dict
+    matrix: ConfusionMatrix
+    first: tuple | None
+    crf: dict = field(default_factory=dict)
+    crf_seconds_per_image: float = math.nan
+
+
+class CRFPool:
+    """CRF refinement in ``workers`` processes, fed while the model computes the next batch; results come
+    back in submission order. At most ``2 * workers`` images are in flight."""
+
+    def __init__(self, crf: DenseCRF, workers: int):
+        self.crf = crf
+        self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pending = collections.deque()
+        self.limit = 2 * workers
+
+    def submit(self, index: int, name: str, probs: np.ndarray, image: np.ndarray, truth: torch.Tensor):
+        """Queue one image; returns the results that became due, as :meth:`ready` does."""
+        self.pending.append((self.executor.submit(refine_timed, self.crf, index, name, probs, image), truth))
+        return self.ready()
+
+    def ready(self, wait_all: bool = False) -> list:
+        """``[(labels per step count, truth, seconds)]`` of the oldest images that are done (waiting for
+        them while more than the limit are in flight, or for all with ``wait_all``)."""
+        done = []
+        while self.pending and (wait_all or len(self.pending) > self.limit or self.pending[0][0].done()):
+            future, truth = self.pending.popleft()
+            labels, seconds = future.result()
+            done.append((labels, truth, seconds))
+        return done
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 class Evaluator:
-    """Evaluates a model on ``dataset`` with the settings of the run config ``cfg`` (``data.num_classes``,
-    ``data.ignore_index``, ``data.val_batch_size``, ``data.num_workers``, ``trainer.progress``)."""
+    """Evaluates a model on ``dataset`` with the settings of the run config ``cfg``: ``data.num_classes``,
+    ``data.ignore_index``, ``data.val_batch_size``, ``data.num_workers``, ``data.mean`` / ``data.std``,
+    ``eval.scales`` / ``eval.flip``, ``crf.*`` and ``trainer.progress``."""
 
     def __init__(self, cfg, dataset, dist_info: DistInfo, autocast=contextlib.nullcontext):
         data, device = cfg.data, dist_info.device
         self.dataset = dataset
         self.class_names = list(getattr(dataset, "class_names", range(data.num_classes)))
-        self.loader = DataLoader(shard(dataset, dist_info.rank, dist_info.world_size),
+        self.indices = range(dist_info.rank, len(dataset), dist_info.world_size)  # this rank's share
+        self.loader = DataLoader(Subset(dataset, self.indices),
                                  batch_size=data.val_batch_size, shuffle=False, num_workers=data.num_workers,
                                  pin_memory=device.type == "cuda",
                                  generator=torch.Generator())  # leaves the global RNG untouched
@@ -38,24 +103,85 @@ class Evaluator:
         self.device = device
         self.autocast = autocast
         self.progress = cfg.trainer.progress and dist_info.is_main
+        self.mean, self.std = list(data.mean), list(data.std)
+        self.scales, self.flip = [float(s) for s in cfg.eval.scales], bool(cfg.eval.flip)
+        if not self.scales or any(not s > 0 for s in self.scales):
+            raise ValueError(f"eval.scales must be positive numbers, got {self.scales}")
+        self.single_pass = self.scales == [1.0] and not self.flip
+        self.crf = DenseCRF.from_config(cfg.crf)
+        self.crf_workers = cfg.crf.workers or default_crf_workers()
+        if self.crf_workers < 1:
+            raise ValueError(f"crf.workers must be at least 1 (or null: the cores), got {cfg.crf.workers}")
+
+    def scores(self, model, images: torch.Tensor) -> torch.Tensor:
+        """The logits of one pass (``eval.scales=[1.0]``, no flip), else the softmax probabilities averaged
+        over the scales and flips, each resized to the input's size (bilinear) first."""
+        if self.single_pass:
+            return model(images)
+        size, total, passes = images.shape[-2:], 0.0, 0
+        for scale in self.scales:
+            scaled = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear",
+                                                               align_corners=False)
+            for flipped in ((False, True) if self.flip else (False,)):
+                logits = model(scaled.flip(-1) if flipped else scaled).float()
+                logits = logits.flip(-1) if flipped else logits
+                total = total + F.interpolate(logits, size=size, mode="bilinear", align_corners=False).softmax(1)
+                passes += 1
+        return total / passes
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.float().softmax(1) if self.single_pass else scores.float()
 
     @torch.no_grad()
-    def run(self, model) -> tuple[dict, ConfusionMatrix, tuple]:
-        """Evaluate ``model`` (put in eval mode, restored afterwards); return the metrics, the
-        reduced confusion matrix and the first batch ``(images, labels, predictions)`` for display."""
+    def run(self, model, with_crf: bool = False) -> Evaluation:
+        """Evaluate ``model`` (put in eval mode, restored afterwards); ``with_crf`` also refines every
+        prediction with the dense CRF of ``crf.*`` (nothing happens when it is off)."""
         was_training = model.training
         model.eval()
-        matrix = ConfusionMatrix(self.num_classes, self.ignore_index)
-        first = None
-        for images, labels in tqdm(self.loader, desc="eval", leave=False, disable=not self.progress):
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            with self.autocast():
-                logits = model(images)
-            pred = logits.argmax(1)
-            matrix.update(pred, labels)
-            if first is None:
-                first = (images.cpu(), labels.cpu(), pred.cpu())
-        matrix.all_reduce()
+        plain = ConfusionMatrix(self.num_classes, self.ignore_index)
+        crf = self.crf if with_crf else None
+        refined = {steps: ConfusionMatrix(self.num_classes, self.ignore_index) for steps in (crf.steps if crf else ())}
+        seconds = []
+
+        def count(results):
+            for labels, truth, took in results:
+                for steps, pred in labels.items():
+                    refined[steps].update(torch.from_numpy(pred), truth)
+                seconds.append(took)
+
+        pool = CRFPool(crf, self.crf_workers) if crf else None
+        first, position = None, 0
+        try:
+            for images, labels in tqdm(self.loader, desc="eval", leave=False, disable=not self.progress):
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                with self.autocast():
+                    scores = self.scores(model, images)
+                pred = scores.argmax(1)
+                plain.update(pred, labels)
+                if first is None:
+                    first = (images.cpu(), labels.cpu(), pred.cpu())
+                if pool is not None:
+                    probs = self.probabilities(scores).cpu().numpy()
+                    rgb = to_uint8_images(images, self.mean, self.std)
+                    for k in range(len(images)):
+                        index = self.indices[position + k]
+                        count(pool.submit(index, self.image_name(index), probs[k], rgb[k], labels[k].cpu()))
+                position += len(images)
+            if pool is not None:
+                count(pool.ready(wait_all=True))
+        finally:
+            if pool is not None:
+                pool.close()
+        plain.all_reduce()
+        for matrix in refined.values():
+            matrix.all_reduce()
         model.train(was_training)
-        return matrix.compute(), matrix, first
+        return Evaluation(plain.compute(), plain, first,
+                          {steps: (matrix.compute(), matrix) for steps, matrix in refined.items()},
+                          float(np.mean(seconds)) if seconds else math.nan)
+
+    def image_name(self, index: int) -> str:
+        """A name for error messages: the image file where the dataset lists its pairs, else the index."""
+        pairs = getattr(self.dataset, "pairs", None)
+        return str(pairs[index][0]) if pairs is not None else f"#{index}"

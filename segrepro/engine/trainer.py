@@ -169,23 +169,30 @@ class Trainer:
             f"Last good checkpoint, left intact: {kept}")
 
     # ------------------------------------------------------------ evaluation
-    def evaluate(self) -> dict:
-        """Measure on the validation split, log it, keep the best checkpoint; the metrics."""
-        metrics, _, first = self.evaluator.run(self.net)
+    def evaluate(self, final: bool = False) -> dict:
+        """Measure on the validation split (with the dense CRF of ``crf.*`` at the final evaluation, or at
+        every one with ``crf.during_training``), log it, keep the best checkpoint (by the mIoU without CRF);
+        the metrics, with ``crf: {steps: metrics}`` when the CRF ran."""
+        result = self.evaluator.run(self.net, with_crf=final or self.cfg.crf.during_training)
+        metrics = dict(result.metrics)
+        if result.crf:
+            metrics["crf"] = {str(steps): crf_metrics for steps, (crf_metrics, _) in result.crf.items()}
+            metrics["crf_seconds_per_image"] = result.crf_seconds_per_image
         self.evals.append({"step": self.step, **metrics})
         if self.writer is not None:
-            self.log_eval(metrics, first)
-        self.keep_best(metrics)
+            self.log_eval(result)
+        self.keep_best(result.metrics)
         return metrics
 
-    def log_eval(self, metrics: dict, first) -> None:
-        self.writer.add_scalar("val/miou", metrics["miou"], self.step)
-        self.writer.add_scalar("val/pixel_acc", metrics["pixel_acc"], self.step)
-        self.writer.add_scalar("val/mean_acc", metrics["mean_acc"], self.step)
-        for name, iou in zip(self.class_names, metrics["iou"]):
+    def log_eval(self, result) -> None:
+        for tag, metrics in [("val", result.metrics)] + [(f"val_crf{steps}", m) for steps, (m, _) in result.crf.items()]:
+            self.writer.add_scalar(f"{tag}/miou", metrics["miou"], self.step)
+            self.writer.add_scalar(f"{tag}/pixel_acc", metrics["pixel_acc"], self.step)
+            self.writer.add_scalar(f"{tag}/mean_acc", metrics["mean_acc"], self.step)
+        for name, iou in zip(self.class_names, result.metrics["iou"]):
             self.writer.add_scalar(f"val_iou/{name}", iou, self.step)
-        if first is not None and self.cfg.trainer.num_tb_images > 0:
-            images, labels, pred = (t[: self.cfg.trainer.num_tb_images] for t in first)
+        if result.first is not None and self.cfg.trainer.num_tb_images > 0:
+            images, labels, pred = (t[: self.cfg.trainer.num_tb_images] for t in result.first)
             palette = getattr(self.evaluator.dataset, "palette", None)
             for tag, grid in label_grid(images, labels, pred, palette, self.cfg.data).items():
                 self.writer.add_image(f"val/{tag}", grid, self.step)
@@ -224,7 +231,7 @@ class Trainer:
             if self.step % tcfg.ckpt_every == 0 and self.step < tcfg.max_iters:
                 self.save()
         bar.close()
-        final = self.evaluate()
+        final = self.evaluate(final=True)
         self.save()
         self.write_metrics(final)
         if self.writer is not None:
