@@ -128,7 +128,9 @@ def test_a_checkpoint_config_from_before_data_dataset_is_brought_to_it(tmp_path)
     root = make_camvid_tree(tmp_path)
     old = OmegaConf.to_container(compose_config(["data=camvid", f"data.root={root}"]), resolve=True)
     old["data"] = {**{k: v for k, v in old["data"].items() if k != "dataset"}, "params": {"scale": 0.5}}
+    old["crf"] = {"steps": 0, "params": {}}  # the crf section before segrepro/crf.py
     cfg = saved_run_config(old)
+    assert cfg.crf.steps == 0 and "params" not in cfg.crf
     assert dict(cfg.data.dataset) == {"_target_": "segrepro.data.CamVidSegmentation", "scale": 0.5}
     dataset = build_dataset(cfg.data, "train", train=False)
     assert isinstance(dataset, CamVidSegmentation) and dataset.scale == 0.5
