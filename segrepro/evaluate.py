@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
 from .config import CONFIG_DIR, reapply_overrides, register_configs, saved_run_config
 from .engine.build import build_evaluator
@@ -35,7 +36,10 @@ def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
         model.load_state_dict(state["model"])
         model.to(dist_info.device)
         evaluator = build_evaluator(run_cfg, dist_info)  # float32, no autocast
-        result = evaluator.run(model, with_crf=True)
+        try:
+            result = evaluator.run(model, with_crf=True)
+        finally:
+            evaluator.close()
         metrics = result.metrics
         if dist_info.is_main:
             names = evaluator.class_names
@@ -48,6 +52,7 @@ def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
                 report["crf"] = {str(steps): {**m, "confusion_matrix": matrix.mat.cpu().tolist()}
                                  for steps, (m, matrix) in result.crf.items()}
                 report["crf_seconds_per_image"] = result.crf_seconds_per_image
+                report["crf_config"] = OmegaConf.to_container(run_cfg.crf)
                 columns = {"no CRF": metrics, **{f"CRF-{steps}": m for steps, (m, _) in result.crf.items()}}
                 print(format_comparison(columns, names, title=title))
                 print(f"  CRF: {result.crf_seconds_per_image:.3f} s per image (one run of "

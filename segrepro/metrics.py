@@ -33,6 +33,8 @@ class ConfusionMatrix:
     def all_reduce(self) -> None:
         """Sum the matrix over all ranks (no-op outside ``torch.distributed``)."""
         if dist.is_available() and dist.is_initialized():
+            if dist.get_backend() == "nccl":  # reduces CUDA tensors only (a matrix counted on the CPU: the CRF's)
+                self.mat = self.mat.cuda()
             dist.all_reduce(self.mat, op=dist.ReduceOp.SUM)
 
     def compute(self) -> dict:

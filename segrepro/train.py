@@ -18,7 +18,7 @@ from .engine.checkpoint import CheckpointDir
 from .engine.distributed import cleanup, init_distributed
 from .engine.trainer import Trainer
 from .entry import guarded, run_hydra
-from .metrics import format_report
+from .metrics import format_comparison, format_report
 
 log = logging.getLogger("segrepro")
 
@@ -40,23 +40,33 @@ def stage_configs(cfg, overrides: list[str]) -> list[tuple[str, object]]:
     return stages
 
 
+def validation_report(final: dict, class_names, title: str) -> str:
+    """The final metrics as a table; with the CRF's results beside them when it ran."""
+    if "crf" not in final:
+        return format_report(final, class_names, title=title)
+    columns = {"no CRF": final, **{f"CRF-{steps}": m for steps, m in final["crf"].items()}}
+    return (format_comparison(columns, class_names, title=title)
+            + f"\n  CRF: {final['crf_seconds_per_image']:.3f} s per image")
+
+
 def run(cfg, run_dir, overrides: list[str]) -> dict:
     """Train every stage in ``run_dir`` (stage k > 1 starts from stage k-1's final weights)."""
     dist_info = init_distributed(cfg.trainer.device)
     try:
         previous = None
         final = {}
-        for folder, stage_cfg in stage_configs(cfg, overrides):
+        stages = stage_configs(cfg, overrides)
+        for number, (folder, stage_cfg) in enumerate(stages, start=1):
             stage_dir = Path(run_dir) / folder
             if previous is not None and not stage_cfg.trainer.init_from:
                 stage_cfg.trainer.init_from = str(previous)
             if folder and dist_info.is_main:
                 log.info("stage %s in %s", folder, stage_dir)
             trainer = Trainer(stage_cfg, build_training(stage_cfg, stage_dir, dist_info), stage_dir, dist_info)
-            final = trainer.fit()
+            final = trainer.fit(crf_at_end=number == len(stages))
             previous = CheckpointDir(stage_dir / "checkpoints").path(stage_cfg.trainer.max_iters)
             if dist_info.is_main:
-                print(format_report(final, trainer.class_names, title=f"{folder or 'run'}: validation"))
+                print(validation_report(final, trainer.class_names, f"{folder or 'run'}: validation"))
         if dist_info.is_main:
             print(f"run folder: {Path(run_dir).resolve()}")
             print(f"look at it: tensorboard --logdir {Path(run_dir).resolve()}")

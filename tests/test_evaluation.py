@@ -5,9 +5,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+import segrepro.engine.evaluator as evaluator_module
+from segrepro.data import build_transform
 from segrepro.engine.build import build_evaluator
 from segrepro.engine.distributed import DistInfo
 from segrepro.engine.evaluator import to_uint8_images
@@ -30,45 +34,99 @@ class ColourNet(torch.nn.Module):
         return self.conv(images)
 
 
-def test_undoing_the_normalization_gives_back_the_uint8_image():
-    g = torch.Generator().manual_seed(0)
-    rgb = torch.randint(0, 256, (2, 5, 7, 3), generator=g, dtype=torch.uint8)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    normalized = (rgb.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
-        std).view(1, 3, 1, 1)
-    assert (to_uint8_images(normalized, mean, std) == rgb.numpy()).all()
-
-
-def test_one_scale_without_flip_is_the_plain_argmax_and_flip_averages_mirrored_passes(tiny_cfg):
+def test_undoing_the_validation_pipeline_gives_back_the_uint8_image(tiny_cfg):
     cfg = tiny_cfg()
-    plain = build_evaluator(cfg, CPU)
-    model = ColourNet(cfg.data.num_classes)
-    base = plain.run(model)
-    assert model.sizes == [(48, 48)] * len(model.sizes) and len(model.sizes) == 2  # 4 val images, batches of 2
-    # A pointwise model commutes with the flip: the averaged probabilities give the same predictions.
-    flipped = build_evaluator(tiny_cfg("eval.flip=true", "eval.scales=[1.0,1.0]"), CPU).run(model)
-    assert torch.equal(flipped.matrix.mat, base.matrix.mat)
-    model.sizes.clear()
-    multi = build_evaluator(tiny_cfg("eval.scales=[0.5,1.0]"), CPU).run(model)
-    assert sorted(set(model.sizes)) == [(24, 24), (48, 48)]
-    assert multi.matrix.mat.sum() == base.matrix.mat.sum()  # every labelled pixel counted once
+    transform = build_transform(cfg.data, train=False)
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    normalized = torch.stack([transform(image, np.zeros(image.shape[:2], np.uint8))[0] for image in rgb])
+    assert (to_uint8_images(normalized, cfg.data.mean, cfg.data.std) == rgb).all()
+
+
+class MirrorBlindNet(torch.nn.Module):
+    """A 3x3 convolution with random (not mirror-symmetric) weights; records the input sizes it sees."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, num_classes, 3, padding=1)
+        self.sizes = []
+
+    def forward(self, images):
+        self.sizes.append(tuple(images.shape[-2:]))
+        return self.conv(images)
+
+
+def predictions_by_hand(evaluator, model, passes):
+    """The confusion matrix of ``argmax(mean over passes of pass(images))``, each ``pass(model, images)``
+    giving scores at the input's size."""
+    from segrepro.metrics import ConfusionMatrix
+
+    matrix = ConfusionMatrix(evaluator.num_classes, evaluator.ignore_index)
+    with torch.no_grad():
+        for images, labels in evaluator.loader:
+            scores = sum(one(model, images) for one in passes) / len(passes)
+            matrix.update(scores.argmax(1), labels)
+    return matrix.mat
+
+
+def resized_softmax(scale, flipped=False):
+    def one(model, images):
+        x = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear",
+                                                      align_corners=False)
+        logits = model(x.flip(-1)).flip(-1) if flipped else model(x)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False).softmax(1)
+    return one
+
+
+def test_one_scale_without_flip_is_the_argmax_of_the_logits(tiny_cfg):
+    evaluator = build_evaluator(tiny_cfg(), CPU)
+    model = MirrorBlindNet(evaluator.num_classes)
+    result = evaluator.run(model)
+    assert torch.equal(result.matrix.mat, predictions_by_hand(evaluator, model, [lambda m, x: m(x)]))
+    assert set(model.sizes) == {(48, 48)}
+
+
+def test_flip_and_scales_average_the_softmax_of_every_pass(tiny_cfg):
+    evaluator = build_evaluator(tiny_cfg("eval.flip=true", "eval.scales=[0.5,1.0]"), CPU)
+    model = MirrorBlindNet(evaluator.num_classes)
+    result = evaluator.run(model)
+    assert {(24, 24), (48, 48)} <= set(model.sizes)
+    passes = [resized_softmax(s, f) for s in (0.5, 1.0) for f in (False, True)]
+    assert torch.equal(result.matrix.mat, predictions_by_hand(evaluator, model, passes))
+    # ... and ignoring the flip would have given other predictions for this model.
+    assert not torch.equal(result.matrix.mat, predictions_by_hand(evaluator, model, passes[::2]))
     with pytest.raises(ValueError, match="eval.scales"):
         build_evaluator(tiny_cfg("eval.scales=[0.0]"), CPU)
 
 
-def test_crf_refines_at_every_step_count_from_one_pass(tiny_cfg):
+def test_crf_refines_at_every_step_count_from_one_pass(tiny_cfg, monkeypatch):
     cfg = tiny_cfg("crf=dense", "crf.steps=[1,2]", "crf.workers=1")
     model = ColourNet(cfg.data.num_classes)
-    result = build_evaluator(cfg, CPU).run(model, with_crf=True)
+    evaluator = build_evaluator(cfg, CPU)
+    result = evaluator.run(model, with_crf=True)
+    evaluator.close()
     assert len(model.sizes) == 2  # one forward per batch, whatever the number of step counts
     assert set(result.crf) == {1, 2} and result.crf_seconds_per_image > 0
     for steps, (metrics, matrix) in result.crf.items():
         assert matrix.mat.sum() == result.matrix.mat.sum()
         assert 0 <= metrics["miou"] <= 1
     assert not torch.equal(result.crf[1][1].mat, result.matrix.mat)  # the CRF changed predictions
-    # Off unless asked: the same evaluator without with_crf, or crf=none, runs no CRF.
+    # Off unless asked: the same evaluator without with_crf, or crf=none, starts no CRF process.
+    monkeypatch.setattr(evaluator_module, "CRFPool", None)
     assert build_evaluator(cfg, CPU).run(model).crf == {}
     assert build_evaluator(tiny_cfg("crf=none"), CPU).run(model, with_crf=True).crf == {}
+
+
+def test_a_failing_crf_names_the_image_and_the_evaluator_can_go_on(tiny_cfg, monkeypatch):
+    evaluator = build_evaluator(tiny_cfg("crf=dense", "crf.steps=1", "crf.workers=1"), CPU)
+    model = ColourNet(evaluator.num_classes)
+    good = evaluator.probabilities
+    monkeypatch.setattr(evaluator, "probabilities", lambda scores: good(scores) * float("nan"))
+    with pytest.raises(RuntimeError, match=r"image 0 \(#0\)"):
+        evaluator.run(model, with_crf=True)
+    monkeypatch.setattr(evaluator, "probabilities", good)
+    assert set(evaluator.run(model, with_crf=True).crf) == {1}  # the same workers serve the next run
+    evaluator.close()
 
 
 @pytest.mark.slow

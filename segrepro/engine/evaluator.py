@@ -13,10 +13,12 @@ import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -55,19 +57,31 @@ class Evaluation:
     crf_seconds_per_image: float = math.nan
 
 
+def worker_context():
+    """How CRF workers start: from a fork server that has imported only :mod:`segrepro.crf` (fast, and no
+    copy of the model or of CUDA state), or spawned where there is no fork server."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["segrepro.crf"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 class CRFPool:
     """CRF refinement in ``workers`` processes, fed while the model computes the next batch; results come
-    back in submission order. At most ``2 * workers`` images are in flight."""
+    back in submission order. At most ``2 * workers`` images are in flight. The processes start once and
+    serve every evaluation until :meth:`close`."""
 
-    def __init__(self, crf: DenseCRF, workers: int):
-        self.crf = crf
-        self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    def __init__(self, workers: int):
+        self.executor = ProcessPoolExecutor(workers, mp_context=worker_context())
         self.pending = collections.deque()
         self.limit = 2 * workers
 
-    def submit(self, index: int, name: str, probs: np.ndarray, image: np.ndarray, truth: torch.Tensor):
+    def submit(self, crf: DenseCRF, index: int, name: str, probs: np.ndarray, image: np.ndarray,
+               truth: torch.Tensor) -> list:
         """Queue one image; returns the results that became due, as :meth:`ready` does."""
-        self.pending.append((self.executor.submit(refine_timed, self.crf, index, name, probs, image), truth))
+        future = self.executor.submit(refine_timed, crf, index, name, probs, image)
+        self.pending.append((future, truth, index, name))
         return self.ready()
 
     def ready(self, wait_all: bool = False) -> list:
@@ -75,10 +89,19 @@ class CRFPool:
         them while more than the limit are in flight, or for all with ``wait_all``)."""
         done = []
         while self.pending and (wait_all or len(self.pending) > self.limit or self.pending[0][0].done()):
-            future, truth = self.pending.popleft()
-            labels, seconds = future.result()
+            future, truth, index, name = self.pending.popleft()
+            try:
+                labels, seconds = future.result()
+            except BrokenProcessPool as error:  # a worker died outright (a crash, or killed for memory)
+                raise RuntimeError(f"dense CRF worker died while refining image {index} ({name})") from error
             done.append((labels, truth, seconds))
         return done
+
+    def cancel(self) -> None:
+        """Forget the images in flight (after an error), leaving the workers running."""
+        for future, *_ in self.pending:
+            future.cancel()
+        self.pending.clear()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -109,9 +132,16 @@ class Evaluator:
             raise ValueError(f"eval.scales must be positive numbers, got {self.scales}")
         self.single_pass = self.scales == [1.0] and not self.flip
         self.crf = DenseCRF.from_config(cfg.crf)
-        self.crf_workers = cfg.crf.workers or default_crf_workers()
+        self.crf_workers = default_crf_workers() if cfg.crf.workers is None else int(cfg.crf.workers)
         if self.crf_workers < 1:
             raise ValueError(f"crf.workers must be at least 1 (or null: the cores), got {cfg.crf.workers}")
+        self.pool = None  # the CRF processes, started by the first evaluation with CRF
+
+    def close(self) -> None:
+        """Stop the CRF processes, if any were started."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     def scores(self, model, images: torch.Tensor) -> torch.Tensor:
         """The logits of one pass (``eval.scales=[1.0]``, no flip), else the softmax probabilities averaged
@@ -149,7 +179,9 @@ class Evaluator:
                     refined[steps].update(torch.from_numpy(pred), truth)
                 seconds.append(took)
 
-        pool = CRFPool(crf, self.crf_workers) if crf else None
+        if crf is not None and self.pool is None:
+            self.pool = CRFPool(self.crf_workers)
+        pool = self.pool if crf is not None else None
         first, position = None, 0
         try:
             for images, labels in tqdm(self.loader, desc="eval", leave=False, disable=not self.progress):
@@ -166,22 +198,34 @@ class Evaluator:
                     rgb = to_uint8_images(images, self.mean, self.std)
                     for k in range(len(images)):
                         index = self.indices[position + k]
-                        count(pool.submit(index, self.image_name(index), probs[k], rgb[k], labels[k].cpu()))
+                        count(pool.submit(crf, index, self.image_name(index), probs[k], rgb[k], labels[k].cpu()))
                 position += len(images)
             if pool is not None:
                 count(pool.ready(wait_all=True))
-        finally:
+        except BaseException:
             if pool is not None:
-                pool.close()
+                pool.cancel()
+            raise
+        finally:
+            model.train(was_training)
         plain.all_reduce()
         for matrix in refined.values():
             matrix.all_reduce()
-        model.train(was_training)
         return Evaluation(plain.compute(), plain, first,
                           {steps: (matrix.compute(), matrix) for steps, matrix in refined.items()},
-                          float(np.mean(seconds)) if seconds else math.nan)
+                          mean_over_ranks(seconds, self.device) if crf is not None else math.nan)
 
     def image_name(self, index: int) -> str:
         """A name for error messages: the image file where the dataset lists its pairs, else the index."""
         pairs = getattr(self.dataset, "pairs", None)
         return str(pairs[index][0]) if pairs is not None else f"#{index}"
+
+
+def mean_over_ranks(values: list, device: torch.device) -> float:
+    """The mean of ``values`` gathered from every rank (this rank's alone outside torch.distributed)."""
+    totals = torch.tensor([float(sum(values)), float(len(values))], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        totals = totals.to(device)
+        dist.all_reduce(totals)
+    total, count = totals.tolist()
+    return total / count if count else math.nan

@@ -170,9 +170,9 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self, final: bool = False) -> dict:
-        """Measure on the validation split (with the dense CRF of ``crf.*`` at the final evaluation, or at
-        every one with ``crf.during_training``), log it, keep the best checkpoint (by the mIoU without CRF);
-        the metrics, with ``crf: {steps: metrics}`` when the CRF ran."""
+        """Measure on the validation split (with the dense CRF of ``crf.*`` when ``final``, or at every
+        evaluation with ``crf.during_training``), log it, keep the best checkpoint (by the mIoU without
+        CRF); the metrics, with ``crf: {steps: metrics}`` when the CRF ran."""
         result = self.evaluator.run(self.net, with_crf=final or self.cfg.crf.during_training)
         metrics = dict(result.metrics)
         if result.crf:
@@ -210,8 +210,9 @@ class Trainer:
                         "class_names": self.class_names, "evals": self.evals},
                        self.run_dir / "metrics.json")
 
-    def fit(self) -> dict:
-        """Train to ``trainer.max_iters`` (resuming if asked), evaluate, and return the final metrics."""
+    def fit(self, crf_at_end: bool = True) -> dict:
+        """Train to ``trainer.max_iters`` (resuming if asked), evaluate (with the CRF of ``crf.*`` if
+        ``crf_at_end``: the last stage of a recipe), and return the final metrics."""
         tcfg = self.cfg.trainer
         self.start()
         if self.step >= tcfg.max_iters and self.evals and self.evals[-1]["step"] == self.step:
@@ -231,7 +232,8 @@ class Trainer:
             if self.step % tcfg.ckpt_every == 0 and self.step < tcfg.max_iters:
                 self.save()
         bar.close()
-        final = self.evaluate(final=True)
+        final = self.evaluate(final=crf_at_end)
+        self.evaluator.close()
         self.save()
         self.write_metrics(final)
         if self.writer is not None:
