@@ -125,7 +125,7 @@ class CRFConfig:
 
     steps: Any = 0
     workers: Optional[int] = None  # CRF processes per evaluating process; None: the cores it may use
-    during_training: bool = False  # also at the periodic evaluations (always at the final one)
+    during_training: bool = False  # also at the periodic evaluations (always at the last stage's final one)
     gaussian: GaussianKernelConfig = field(default_factory=GaussianKernelConfig)
     bilateral: BilateralKernelConfig = field(default_factory=BilateralKernelConfig)
 

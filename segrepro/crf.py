@@ -83,23 +83,14 @@ def _parse_steps(steps: Any) -> Tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
-def _positive(name: str, value: Any) -> float:
+def _number(name: str, value: Any, positive: bool) -> float:
+    """``value`` as a finite float (and > 0 with ``positive``), else a ValueError naming ``name``."""
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return value
-
-
-def _finite(name: str, value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+    if not math.isfinite(value) or (positive and not value > 0):
+        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
     return value
 
 
@@ -134,11 +125,11 @@ class DenseCRF:
             raise ValueError("crf.steps is empty: give at least one step count >= 1 "
                              "(DenseCRF.from_config returns None for steps 0 or [])")
         self.steps: Tuple[int, ...] = parsed
-        self.gaussian_sxy = _positive("crf.gaussian.sxy", gaussian_sxy)
-        self.gaussian_compat = _finite("crf.gaussian.compat", gaussian_compat)
-        self.bilateral_sxy = _positive("crf.bilateral.sxy", bilateral_sxy)
-        self.bilateral_srgb = _positive("crf.bilateral.srgb", bilateral_srgb)
-        self.bilateral_compat = _finite("crf.bilateral.compat", bilateral_compat)
+        self.gaussian_sxy = _number("crf.gaussian.sxy", gaussian_sxy, positive=True)
+        self.gaussian_compat = _number("crf.gaussian.compat", gaussian_compat, positive=False)
+        self.bilateral_sxy = _number("crf.bilateral.sxy", bilateral_sxy, positive=True)
+        self.bilateral_srgb = _number("crf.bilateral.srgb", bilateral_srgb, positive=True)
+        self.bilateral_compat = _number("crf.bilateral.compat", bilateral_compat, positive=False)
 
     @classmethod
     def from_config(cls, crf_cfg: Any) -> Optional["DenseCRF"]:
