@@ -1,21 +1,33 @@
 # segrepro: `make demo` (train + evaluate on the built-in synthetic data), `make test` and
 # `make test-fast` (without the slow tests).
-# Both create .venv if it is missing and install the package into it.
+# Both create .venv if it is missing and install the package into it with the exact tested set
+# (constraints.txt), with uv where it can be had and pip otherwise (.ci/install.py).
+# The install runs again when pyproject.toml, constraints.txt or .ci/install.py is newer than the stamp.
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.segrepro-installed
+# CONSTRAINTS= (empty) installs against the torch already in the venv (another CUDA build): see the README
+CONSTRAINTS ?= constraints.txt
+INSTALLER   ?= auto
 ARGS    ?=
 
-.PHONY: install demo test test-fast bench-losses bench-crf tensorboard clean
+.PHONY: install constraints demo test test-fast bench-losses bench-crf gpu-check tensorboard clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test]'
+$(STAMP): pyproject.toml $(CONSTRAINTS) .ci/install.py
+	$(PYTHON) .ci/install.py --venv $(VENV) --constraints '$(CONSTRAINTS)' --installer $(INSTALLER)
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP)  ## the venv and the package (INSTALLER=pip: without uv)
+
+constraints: $(STAMP)  ## write constraints.txt from the venv (after a change of pyproject.toml's dependencies)
+	{ printf '%s\n' \
+	  '# The exact set that `make demo`, `make test` and CI install (.ci/install.py -c constraints.txt):' \
+	  '# `pip freeze --all` of a venv that passed the test suite, less segrepro. pyproject.toml holds the' \
+	  '# ranges; regenerate this with `make constraints`. uv is the installer .ci/install.py puts in the venv.'; \
+	  $(PY) -m pip freeze --all --exclude-editable | grep -v -i '^segrepro[= ]'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	touch $(STAMP)
 
 demo: $(STAMP)  ## train DeepLabV3+ ResNet-18 on synthetic data (CPU), evaluate, print the IoU table
 	$(VENV)/bin/segrepro train $(ARGS)
@@ -26,11 +38,14 @@ test: $(STAMP)  ## the whole pytest suite
 test-fast: $(STAMP)  ## the suite without the tests marked slow (subprocesses, long training runs): well under a minute
 	$(VENV)/bin/pytest -m "not slow" $(ARGS)
 
-bench-losses: $(STAMP)  ## time and memory of every loss against CE (add ARGS="--device cuda" on a GPU)
-	$(PY) scripts/bench_losses.py $(ARGS)
+bench-losses: $(STAMP)  ## time and memory of every loss against CE (add ARGS="--device cuda" on a GPU); glibc keeps freed memory
+	$(PY) scripts/bench_losses.py --keep-memory $(ARGS)
 
 bench-crf: $(STAMP)  ## dense-CRF seconds per image (VOC size, one core) and throughput over 1 and 2 worker processes
 	$(PY) scripts/bench_crf.py $(ARGS)
+
+gpu-check: $(STAMP)  ## the GPU check of issue 17, about 8 minutes on one GPU (ARGS="--device cpu --small": the CPU dry run)
+	PYTHON=$(PY) bash scripts/gpu_check.sh $(ARGS)
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir runs

@@ -10,6 +10,7 @@ valid ones. :func:`instantiate` builds the class a config node names by ``_targe
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import re
@@ -22,7 +23,21 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+def _find_config_dir() -> str:
+    """The Hydra tree: ``segrepro/configs`` inside an installed wheel (pyproject.toml maps the
+    repository's top-level ``configs/`` there), else ``configs/`` beside the package (a source
+    checkout, an editable install). More folders join through Hydra's search path
+    (``hydra.searchpath=[file:///abs/path]``), see the README."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"segrepro's configs are missing: neither {package / 'configs'} (an installed "
+                            f"package) nor {package.parent / 'configs'} (a source checkout) holds train.yaml")
+
+
+CONFIG_DIR = _find_config_dir()
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -38,6 +53,8 @@ class ModelConfig:
     atrous_rates: List[int] = field(default_factory=lambda: [6, 12, 18])  # for output stride 16
     decoder_channels: int = 256
     upsampling: str = "bilinear"  # or "deconv" (the LAD baseline's learned upsampling)
+    # DeepLabv3's multi-grid: one rate per unit of the last ResNet block, times the block's dilation
+    multi_grid: Optional[List[int]] = None  # e.g. [1, 2, 4]; None: the encoder's own dilations
     pretrained: bool = False  # ImageNet weights through smp/timm
     weights: Optional[str] = None  # a local state dict (weights_only=True)
 
@@ -72,7 +89,9 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with momentum and poly LR; the first ``warmup_iters`` steps run at ``warmup_lr`` (slow start)."""
+    """SGD with momentum and poly LR; the first ``warmup_iters`` steps run at ``warmup_lr`` (slow start).
+    The head's weights and biases (the layer that gives the logits) train at ``head_lr_mult`` and
+    ``head_bias_lr_mult`` times every learning rate of the schedule."""
 
     lr: float = 0.01
     momentum: float = 0.9
@@ -80,6 +99,8 @@ class OptimConfig:
     power: float = 0.9
     warmup_iters: int = 0
     warmup_lr: float = 0.001
+    head_lr_mult: float = 1.0
+    head_bias_lr_mult: float = 1.0
 
 
 @dataclass
@@ -90,6 +111,7 @@ class TrainerConfig:
     ckpt_every: int = 100
     keep_last: int = 2
     resume: Optional[str] = None  # None, "auto" (newest in the run folder) or a checkpoint path
+    allow_config_change: bool = False  # resume with command-line values that differ from the saved config
     init_from: Optional[str] = None  # model weights to start from (e.g. a previous stage's checkpoint)
     sync_bn: bool = False
     freeze_bn: bool = False
@@ -173,8 +195,11 @@ def compose_config(overrides: list[str], config_name: str = "train"):
 @functools.lru_cache(maxsize=256)
 def _compose(overrides: tuple, config_name: str):
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
+    if GlobalHydra.instance().is_initialized():  # inside `segrepro train`: the app's own search path
+        return compose(config_name=config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
 
@@ -186,6 +211,14 @@ _KEY_PATTERNS = (
     re.compile(r"full_key: ([\w.\[\]]+)"),
     re.compile(r"Could not override '([\w.]+)'"),
 )
+_MISSING_CHOICE = re.compile(r"Could not find '([\w/.-]+)'")
+_BAD_VALUE = (  # OmegaConf's words for a value of the wrong type, and what the key expects
+    re.compile(r"Value '(?P<value>.*)' of type '\w+' could not be converted to (?P<type>\w+)"),
+    re.compile(r"Value '(?P<value>.*)' is not a valid (?P<type>\w+)"),
+    re.compile(r"Invalid value assigned: \w+ is not a (?P<type>ListConfig|DictConfig)"),
+)
+_EXPECTED = {"Integer": "an integer", "Float": "a number", "bool": "true or false", "Boolean": "true or false",
+             "ListConfig": "a list, e.g. [1, 2]", "DictConfig": "a mapping, e.g. {key: value}"}
 
 
 def _bad_key(message: str) -> str | None:
@@ -208,19 +241,74 @@ def _valid_keys(parent: str, overrides: list[str], config_name: str) -> list[str
     return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
 
 
+def group_choices(group: str) -> list[str]:
+    """The configs of a config group, those of its sub-groups as ``sub/name`` (``experiment`` ->
+    ``lad/voc_deeplabv2``, ...), from Hydra's search path."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    def walk(loader, name):
+        found = loader.get_group_options(name, results_filter=ObjectType.CONFIG)
+        for sub in loader.get_group_options(name, results_filter=ObjectType.GROUP):
+            found += [f"{sub}/{choice}" for choice in walk(loader, f"{name}/{sub}")]
+        return sorted(found)
+
+    if GlobalHydra.instance().is_initialized():
+        return walk(GlobalHydra.instance().config_loader(), group)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return walk(GlobalHydra.instance().config_loader(), group)
+
+
+def _check_added_keys(overrides: list[str], config_name: str) -> None:
+    """``+section.key=value`` adds a key that does not exist: an error inside the schema's sections
+    (``+trainer.max_itrs=5`` is a typo, not a new setting); free-form nodes (``loss``,
+    ``data.dataset``) and config groups (``+experiment=...``) take new keys."""
+    for override in overrides:
+        if not override.startswith("+") or override.startswith("++"):
+            continue
+        key = override[1:].split("=", 1)[0]
+        if "@" in key or "/" in key or group_choices(key):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        base = compose_config([o for o in overrides if o != override], config_name)
+        node = OmegaConf.select(base, parent) if parent else base
+        if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)) and leaf not in node:
+            where = f"'{parent}'" if parent else "the top level"
+            raise ConfigError(f"unknown config key '{key}' in {override}: '{leaf}' is not a key of {where}, whose "
+                              f"keys are fixed; valid keys: {', '.join(sorted(str(k) for k in node.keys()))}")
+
+
 def check_overrides(overrides: list[str], config_name: str = "train") -> None:
-    """Compose once with ``overrides``; raise :class:`ConfigError` with a readable message if that
-    fails (an unknown key names the key and lists the valid ones; an unknown group choice lists
-    the available choices, as Hydra does)."""
+    """Compose once with ``overrides``; raise :class:`ConfigError` with a one-line message if that
+    fails: an unknown key names the key and lists the valid ones, an unknown group choice lists the
+    group's choices (its sub-groups' too), a value of the wrong type names the key and the type."""
     try:
         compose_config(overrides, config_name)
+        _check_added_keys(overrides, config_name)
+    except ConfigError:
+        raise
     except Exception as exc:
         message = str(exc)
         if exc.__cause__ is not None and str(exc.__cause__) not in message:
             message += f"\n{exc.__cause__}"
+        missing = _MISSING_CHOICE.search(message)
+        if missing:
+            group, _, choice = missing.group(1).rpartition("/")
+            top = group.split("/")[0]
+            typed = next((o for o in overrides if o.lstrip("+~").split("=")[0] == top), f"{top}={choice}")
+            raise ConfigError(f"{typed}: there is no config '{missing.group(1)}.yaml'; available {top} "
+                              f"choices: {', '.join(group_choices(top))}") from None
         key = _bad_key(message)
+        for pattern in _BAD_VALUE if key is not None else ():
+            match = pattern.search(message)
+            if match:
+                typed = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == key),
+                             match.groupdict().get("value"))
+                raise ConfigError(f"{key}: expected {_EXPECTED.get(match['type'], match['type'])}, "
+                                  f"got {typed!r}") from None
         if key is not None:
-            parent, _, leaf = key.rpartition(".")
+            parent, _, leaf = re.sub(r"\[\d+\]$", "", key).rpartition(".")
             valid = _valid_keys(parent, overrides, config_name)
             if valid and leaf not in valid:
                 where = f"'{parent}'" if parent else "the top level"

@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from .config import CONFIG_DIR, reapply_overrides, register_configs, saved_run_config
+from .config import CONFIG_DIR, ConfigError, reapply_overrides, register_configs, saved_run_config
 from .engine.build import build_evaluator
 from .engine.checkpoint import load_checkpoint
 from .engine.distributed import cleanup, init_distributed
@@ -25,6 +25,8 @@ from .models import build_model
 
 def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
     """Evaluate ``cfg.checkpoint``; print the report and write ``eval.json`` into ``out_dir``."""
+    if cfg.checkpoint is None:
+        raise ConfigError("segrepro eval needs checkpoint=PATH, e.g. checkpoint=runs/<run>/checkpoints/best.pt")
     state = load_checkpoint(cfg.checkpoint)
     if "model" not in state or "config" not in state:
         raise ValueError(f"{cfg.checkpoint} is not a segrepro checkpoint (no 'model'/'config' entries)")
@@ -32,7 +34,7 @@ def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
     reapply_overrides(run_cfg, cfg, overrides)
     dist_info = init_distributed(run_cfg.trainer.device)
     try:
-        model = build_model(run_cfg.model, run_cfg.data.num_classes)
+        model = build_model(run_cfg.model, run_cfg.data.num_classes, from_checkpoint=True)
         model.load_state_dict(state["model"])
         model.to(dist_info.device)
         evaluator = build_evaluator(run_cfg, dist_info)  # float32, no autocast

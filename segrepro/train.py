@@ -16,6 +16,9 @@ from .config import CONFIG_DIR, reapply_overrides, register_configs
 from .engine.build import build_training
 from .engine.checkpoint import CheckpointDir
 from .engine.distributed import cleanup, init_distributed
+from .engine.preemption import StopSignal
+from .engine.run_lock import RunLock
+from .engine.run_config import resumed_config, write_run_config
 from .engine.trainer import Trainer
 from .entry import guarded, run_hydra
 from .metrics import format_comparison, format_report
@@ -50,29 +53,40 @@ def validation_report(final: dict, class_names, title: str) -> str:
 
 
 def run(cfg, run_dir, overrides: list[str]) -> dict:
-    """Train every stage in ``run_dir`` (stage k > 1 starts from stage k-1's final weights)."""
-    dist_info = init_distributed(cfg.trainer.device)
-    try:
-        previous = None
-        final = {}
-        stages = stage_configs(cfg, overrides)
-        for number, (folder, stage_cfg) in enumerate(stages, start=1):
-            stage_dir = Path(run_dir) / folder
-            if previous is not None and not stage_cfg.trainer.init_from:
-                stage_cfg.trainer.init_from = str(previous)
-            if folder and dist_info.is_main:
-                log.info("stage %s in %s", folder, stage_dir)
-            trainer = Trainer(stage_cfg, build_training(stage_cfg, stage_dir, dist_info), stage_dir, dist_info)
-            final = trainer.fit(crf_at_end=number == len(stages))
-            previous = CheckpointDir(stage_dir / "checkpoints").path(stage_cfg.trainer.max_iters)
-            if dist_info.is_main:
-                print(validation_report(final, trainer.class_names, f"{folder or 'run'}: validation"))
+    """Train every stage in ``run_dir`` (stage k > 1 starts from stage k-1's final weights); with
+    ``trainer.resume``, the config saved in ``run_dir`` is the run's (:mod:`.engine.run_config`).
+    SIGTERM / SIGUSR1 stop it after a checkpoint (:mod:`.engine.preemption`)."""
+    with StopSignal() as stop, RunLock(run_dir):
+        cfg = resumed_config(cfg, run_dir, overrides)
+        dist_info = init_distributed(cfg.trainer.device)
+        try:
+            if cfg.stages and dist_info.is_main:
+                write_run_config(cfg, run_dir)
+            return run_stages(cfg, run_dir, overrides, dist_info, stop)
+        finally:
+            cleanup()
+
+
+def run_stages(cfg, run_dir, overrides: list[str], dist_info, stop) -> dict:
+    previous = None
+    final = {}
+    stages = stage_configs(cfg, overrides)
+    for number, (folder, stage_cfg) in enumerate(stages, start=1):
+        stage_dir = Path(run_dir) / folder
+        if previous is not None and not stage_cfg.trainer.init_from:
+            stage_cfg.trainer.init_from = str(previous)
+        if folder and dist_info.is_main:
+            log.info("stage %s in %s", folder, stage_dir)
+        parts = build_training(stage_cfg, stage_dir, dist_info)
+        trainer = Trainer(stage_cfg, parts, stage_dir, dist_info, stop)
+        final = trainer.fit(crf_at_end=number == len(stages))
+        previous = CheckpointDir(stage_dir / "checkpoints").path(stage_cfg.trainer.max_iters)
         if dist_info.is_main:
-            print(f"run folder: {Path(run_dir).resolve()}")
-            print(f"look at it: tensorboard --logdir {Path(run_dir).resolve()}")
-        return final
-    finally:
-        cleanup()
+            print(validation_report(final, trainer.class_names, f"{folder or 'run'}: validation"))
+    if dist_info.is_main:
+        print(f"run folder: {Path(run_dir).resolve()}")
+        print(f"look at it: tensorboard --logdir {Path(run_dir).resolve()}")
+    return final
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")

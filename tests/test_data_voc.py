@@ -157,3 +157,13 @@ def test_voc_missing_image_is_named(tmp_path):
     (root / "JPEGImages" / f"{VOC_TRAIN[1]}.jpg").unlink()
     with pytest.raises(DatasetError, match=f"{VOC_TRAIN[1]}.jpg"):
         VOCSegmentation(root, "train")
+
+
+def test_trainaug_at_the_raw_voc_folder_says_to_prepare_it_elsewhere(tmp_path):
+    raw = make_voc_tree(tmp_path / "VOCdevkit" / "VOC2012")
+    with pytest.raises(DatasetError) as error:
+        VOCSegmentation(raw, "trainaug")
+    message = str(error.value)
+    assert "looks like the raw VOC 2012 folder" in message
+    assert f"--voc-root {raw}" in message and "--out data/voc`, then data.root=data/voc" in message
+    assert f"--out {raw}" not in message  # never suggests writing into the raw folder

@@ -39,7 +39,8 @@ def evaluate(loss, logits, target, features=None, method="__call__"):
         if features is None:
             n, _, height, width = logits.shape
             g = torch.Generator().manual_seed(1)
-            features = torch.randn(n, FEAT, (height + 1) // 2, (width + 1) // 2, dtype=logits.dtype, generator=g)
+            # drawn in float32, then cast: torch 2.3 draws another random stream for bfloat16
+            features = torch.randn(n, FEAT, (height + 1) // 2, (width + 1) // 2, generator=g).to(logits.dtype)
         return call(logits, target, features)
     return call(logits, target)
 

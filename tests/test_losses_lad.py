@@ -47,9 +47,17 @@ def reference_local(logits, target, kernel_size, stride):
     return local, valid
 
 
-def reference_loss(logits, target, kernel_size, k, stride):
+def reference_loss(logits, target, kernel_size, k, stride, pool="image"):
+    """Spec step 4 (Eq. 5): the Minkowski pooling over each image's valid centers, then the mean over the
+    images that have one (``pool="image"``), or over the valid centers of the whole batch (``"batch"``)."""
     local, valid = reference_local(logits, target, kernel_size, stride)
-    return local[valid].pow(k).mean().pow(1.0 / k)
+    if pool == "batch":
+        return local[valid].pow(k).mean().pow(1.0 / k)
+    per_image = []
+    for b in range(len(local)):
+        if valid[b].any():
+            per_image.append(local[b][valid[b]].pow(k).mean().pow(1.0 / k))
+    return sum(per_image) / len(per_image)
 
 
 def sample(n=2, c=4, height=7, width=9, classes=3, ignore_fraction=0.2, seed=0):
@@ -71,13 +79,14 @@ def test_local_losses_match_reference(kernel_size, stride):
     torch.testing.assert_close(local, ref_local, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("pool", ["image", "batch"])
 @pytest.mark.parametrize("kernel_size,k,stride", [(3, 3.0, 1), (5, 1.0, 1), (3, 2.5, 2), (7, 5.0, 1), (3, 0.5, 1)])
-def test_loss_and_gradient_match_reference(kernel_size, k, stride):
+def test_loss_and_gradient_match_reference(kernel_size, k, stride, pool):
     logits, target = sample(seed=1)
     a = logits.clone().requires_grad_()
     b = logits.clone().requires_grad_()
-    value = LADLoss(kernel_size, k=k, stride=stride)(a, target)
-    expected = reference_loss(b, target, kernel_size, k, stride)
+    value = LADLoss(kernel_size, k=k, stride=stride, pool=pool)(a, target)
+    expected = reference_loss(b, target, kernel_size, k, stride, pool)
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
     value.backward()
     expected.backward()
@@ -130,7 +139,7 @@ def test_kernel_1_is_minkowski_pooled_ce_of_doubled_standardized_logits():
     valid = target != IGNORE
     for k in (1.0, 3.0):
         expected = ce[valid].pow(k).mean().pow(1 / k)
-        torch.testing.assert_close(LADLoss(1, k=k)(logits, target), expected, rtol=1e-12, atol=0)
+        torch.testing.assert_close(LADLoss(1, k=k, pool="batch")(logits, target), expected, rtol=1e-12, atol=0)
 
 
 def test_corner_of_uniform_image_pools_the_in_image_part_of_the_window():
@@ -176,17 +185,51 @@ def test_stride_takes_every_stride_th_center_from_the_origin():
     torch.testing.assert_close(local[valid], full[valid], rtol=1e-12, atol=0)
     assert torch.count_nonzero(local[~valid]) == 0
     expected = full[valid].pow(3).mean().pow(1 / 3)
-    torch.testing.assert_close(LADLoss(3, stride=3)(logits, target), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(LADLoss(3, stride=3, pool="batch")(logits, target), expected, rtol=1e-12, atol=0)
 
 
 def test_minkowski_exponent():
     logits, target = sample(seed=6)
     local, valid = LADLoss(3).local_losses(logits, target)
     local = local[valid]
-    torch.testing.assert_close(LADLoss(3, k=1.0)(logits, target), local.mean(), rtol=1e-12, atol=0)
-    values = [float(LADLoss(3, k=k)(logits, target)) for k in (1.0, 2.0, 3.0, 5.0, 200.0)]
+    torch.testing.assert_close(LADLoss(3, k=1.0, pool="batch")(logits, target), local.mean(), rtol=1e-12, atol=0)
+    values = [float(LADLoss(3, k=k, pool="batch")(logits, target)) for k in (1.0, 2.0, 3.0, 5.0, 200.0)]
     assert values == sorted(values) and values[0] < values[-1]  # power means grow with k ...
     assert values[-1] == pytest.approx(float(local.max()), rel=0.05)  # ... towards the max
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_pooling_scope_per_image_or_over_the_batch(impl):
+    """Eq. 5 per image is the mean of each image's loss computed alone (an image without a valid center left
+    out); over the batch it weighs each image by its number of valid centers, so the two differ when the
+    images have different numbers of valid centers."""
+    logits, target = sample(n=3, seed=9)
+    target[1, :, 4:] = IGNORE  # image 1: fewer valid centers than image 0
+    target[2] = IGNORE  # image 2: none
+    valid = target != IGNORE
+    assert 0 < valid[1].sum() < valid[0].sum()
+    loss = {pool: LADLoss(3, k=3.0, pool=pool, impl=impl) for pool in ("image", "batch")}
+    x = logits.clone().requires_grad_()
+    alone = [loss["image"](x[b: b + 1], target[b: b + 1]) for b in range(2)]
+    assert all(value > 0 for value in alone)
+    local, centers = LADLoss(3).local_losses(logits, target)
+    for b, value in enumerate(alone):  # one image: both scopes are Eq. 5 over its valid centers
+        torch.testing.assert_close(value, local[b][centers[b]].pow(3).mean().pow(1 / 3), rtol=1e-12, atol=0)
+        torch.testing.assert_close(value, loss["batch"](x[b: b + 1], target[b: b + 1]), rtol=1e-12, atol=0)
+    image, batch = loss["image"](x, target), loss["batch"](x, target)
+    expected = (alone[0] + alone[1]) / 2
+    torch.testing.assert_close(image, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(batch, local[centers].pow(3).mean().pow(1 / 3), rtol=1e-12, atol=0)
+    assert abs(float(image.detach() - batch.detach())) > 1e-3
+    (grad,) = torch.autograd.grad(image, x, retain_graph=True)
+    (grad_expected,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-14)
+    assert torch.count_nonzero(grad[2]) == 0
+
+
+def test_pool_is_checked():
+    with pytest.raises(ValueError, match="pool"):
+        LADLoss(pool="images")
 
 
 def test_terms():

@@ -98,6 +98,9 @@ SSL_CASES = [
     {"region_size": 7, "sigma": 3.0},
     {"ohem": False},
     {"reweight": False},
+    {"border": "zero"},
+    {"border": "valid", "region_size": 7, "sigma": 3.0},
+    {"reduction": "pixel"},
 ]
 
 
@@ -107,7 +110,7 @@ def test_ssl_matches_reference(kwargs, batch, batch_strategy):
     logits, target = batch
     loss = SSLLoss(**kwargs)
     assert_matches(loss, lambda x, t: ref.ssl_loss(x, t, **kwargs), logits, target, ("ssl", str(kwargs)))
-    window = {k: v for k, v in kwargs.items() if k in ("region_size", "sigma")}
+    window = {k: v for k, v in kwargs.items() if k in ("region_size", "sigma", "border")}
     e = ref.ssl_error_map(logits, target, **window)
     torch.testing.assert_close(loss.error_map(logits, target), e, **E_TOL)
     if loss.ohem:  # the hard mask is a real selection
@@ -115,18 +118,29 @@ def test_ssl_matches_reference(kwargs, batch, batch_strategy):
         assert 0.01 < hard < 0.99
 
 
+SSIM_CASES = [
+    {"form": "eq7"},
+    {"form": "eq9"},
+    {"form": "eq7", "border": "zero"},
+    {"form": "eq9", "border": "valid", "window_size": 7, "sigma": 3.0},
+    {"form": "eq7", "reduction": "pixel"},
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("form", ["eq7", "eq9"])
-def test_ssim_matches_reference(form, batch, batch_strategy):
+@pytest.mark.parametrize("kwargs", SSIM_CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_ssim_matches_reference(kwargs, batch, batch_strategy):
     logits, target = batch
-    assert_matches(SSIMLoss(form=form), lambda x, t: ref.ssim_loss(x, t, form=form), logits, target,
-                   ("ssim", form))
+    assert_matches(SSIMLoss(**kwargs), lambda x, t: ref.ssim_loss(x, t, **kwargs), logits, target,
+                   ("ssim", str(kwargs)))
 
 
 AFFINITY_CASES = [
     {},
     {"kernel_size": 5, "margin": 2.0, "lam_edge": 0.7, "lam_nonedge": 1.3},
     {"decay": False},
+    {"official_pairs": False},
+    {"official_pairs": False, "kernel_size": 5},
 ]
 
 
@@ -142,12 +156,13 @@ def test_affinity_matches_reference(kwargs, batch, batch_strategy):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel_size,k,stride", [(3, 3.0, 1), (5, 3.0, 1), (5, 3.0, 2), (3, 0.5, 1)])
-def test_lad_matches_reference(kernel_size, k, stride, batch, batch_strategy):
+@pytest.mark.parametrize("kernel_size,k,stride,pool", [(3, 3.0, 1, "image"), (5, 3.0, 1, "image"), (5, 3.0, 2, "image"),
+                                                       (3, 0.5, 1, "image"), (5, 3.0, 2, "batch")])
+def test_lad_matches_reference(kernel_size, k, stride, pool, batch, batch_strategy):
     logits, target = batch
-    loss = LADLoss(kernel_size=kernel_size, k=k, stride=stride)
-    assert_matches(loss, lambda x, t: ref.lad_loss(x, t, kernel_size=kernel_size, k=k, stride=stride),
-                   logits, target, ("lad", kernel_size, k, stride))
+    loss = LADLoss(kernel_size=kernel_size, k=k, stride=stride, pool=pool)
+    assert_matches(loss, lambda x, t: ref.lad_loss(x, t, kernel_size=kernel_size, k=k, stride=stride, pool=pool),
+                   logits, target, ("lad", kernel_size, k, stride, pool))
     local, valid = loss.local_losses(logits, target)
     ref_local, ref_valid = ref.lad_local_losses(logits, target, kernel_size=kernel_size, stride=stride)
     assert torch.equal(valid, ref_valid)
@@ -163,6 +178,17 @@ QUICK_LOSSES = {
     "ssim": (lambda: SSIMLoss(form="eq7"), lambda x, t: ref.ssim_loss(x, t, form="eq7")),
     "affinity": (lambda: AffinityFieldLoss(), ref.affinity_field_loss),
     "lad": (lambda: LADLoss(kernel_size=5), ref.lad_loss),
+    # the options (the defaults above: renorm border, entry reduction, official pairs, image pooling)
+    "ssl:border=zero": (lambda: SSLLoss(border="zero"), lambda x, t: ref.ssl_loss(x, t, border="zero")),
+    "ssl:border=valid,reduction=pixel": (lambda: SSLLoss(border="valid", reduction="pixel"),
+                                         lambda x, t: ref.ssl_loss(x, t, border="valid", reduction="pixel")),
+    "ssim:border=zero,reduction=pixel": (lambda: SSIMLoss(border="zero", reduction="pixel"),
+                                         lambda x, t: ref.ssim_loss(x, t, border="zero", reduction="pixel")),
+    "ssim:border=valid": (lambda: SSIMLoss(form="eq9", border="valid"),
+                          lambda x, t: ref.ssim_loss(x, t, form="eq9", border="valid")),
+    "affinity:official_pairs=false": (lambda: AffinityFieldLoss(official_pairs=False),
+                                      lambda x, t: ref.affinity_field_loss(x, t, official_pairs=False)),
+    "lad:pool=batch": (lambda: LADLoss(kernel_size=5, pool="batch"), lambda x, t: ref.lad_loss(x, t, pool="batch")),
 }
 
 
@@ -217,33 +243,36 @@ def test_ssim_reference_matches_loop_oracle(form):
     torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("official_pairs", [True, False])
 @pytest.mark.parametrize("kernel_size", [3, 5, 1])
-def test_affinity_reference_matches_loop_oracle(kernel_size):
+def test_affinity_reference_matches_loop_oracle(kernel_size, official_pairs):
     from .test_losses_affinity import reference, sample
     logits, target = sample()
 
     def oracle(x, t):
-        ce, edge, non_edge = reference(x, t, kernel_size, margin=2.0)
+        ce, edge, non_edge = reference(x, t, kernel_size, margin=2.0, official_pairs=official_pairs)
         return ce + 10**-0.4 * (0.7 * edge + 1.3 * non_edge)
     expected, expected_grad = value_and_grad(oracle, logits, target)
     value, grad = value_and_grad(lambda x, t: ref.affinity_field_loss(
-        x, t, kernel_size=kernel_size, margin=2.0, lam_edge=0.7, lam_nonedge=1.3, progress=0.4), logits, target)
+        x, t, kernel_size=kernel_size, margin=2.0, lam_edge=0.7, lam_nonedge=1.3, progress=0.4,
+        official_pairs=official_pairs), logits, target)
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("pool", ["image", "batch"])
 @pytest.mark.parametrize("kernel_size,k,stride", [(3, 3.0, 1), (5, 2.5, 2), (1, 3.0, 1)])
-def test_lad_reference_matches_loop_oracle(kernel_size, k, stride):
+def test_lad_reference_matches_loop_oracle(kernel_size, k, stride, pool):
     from .test_losses_lad import reference_local, reference_loss, sample
     logits, target = sample(seed=1)
     local, valid = ref.lad_local_losses(logits, target, kernel_size=kernel_size, stride=stride)
     ref_local, ref_valid = reference_local(logits, target, kernel_size, stride)
     assert torch.equal(valid, ref_valid)
     torch.testing.assert_close(local, ref_local, rtol=1e-12, atol=1e-12)
-    expected, expected_grad = value_and_grad(lambda x, t: reference_loss(x, t, kernel_size, k, stride),
+    expected, expected_grad = value_and_grad(lambda x, t: reference_loss(x, t, kernel_size, k, stride, pool),
                                              logits, target)
-    value, grad = value_and_grad(lambda x, t: ref.lad_loss(x, t, kernel_size=kernel_size, k=k, stride=stride),
-                                 logits, target)
+    value, grad = value_and_grad(
+        lambda x, t: ref.lad_loss(x, t, kernel_size=kernel_size, k=k, stride=stride, pool=pool), logits, target)
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
 

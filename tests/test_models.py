@@ -1,4 +1,4 @@
-"""Models: shapes at odd sizes, features, deconv init, gradients, weight loading, config errors."""
+"""Models: shapes at odd sizes, features, deconv init, multi-grid, gradients, weight loading, config errors."""
 import logging
 from pathlib import Path
 
@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from segrepro.config import CONFIG_DIR, ModelConfig
 from segrepro.models import build_model, load_weights
+from segrepro.models.build import PretrainedWeightsError
 from segrepro.models.upsampling import LearnedDeconvUpsample
 
 NUM_CLASSES = 5
@@ -57,6 +58,7 @@ def test_features_and_logits_shapes(arch, rates, feature_dim, feature_stride, up
 @pytest.mark.parametrize("name, feature_dim, feature_stride", [
     ("deeplabv2_r101", 2048, 8),
     ("deeplabv3_r101", 256, 16),
+    ("deeplabv3_r101s", 256, 16),
     ("deeplabv3plus_r101", 256, 4),
     ("deeplabv3plus_x65", 256, 4),
     ("deeplabv3plus_r18", 256, 4),
@@ -72,6 +74,58 @@ def test_model_yamls_build_and_run_on_an_odd_input(name, feature_dim, feature_st
     assert logits.shape == (1, 21, 33, 45)
     assert model.feature_dim == feature_dim
     assert features.shape == (1, feature_dim, -(-33 // feature_stride), -(-45 // feature_stride))
+
+
+def last_block(model):
+    """The units of the last ResNet block of an smp or timm (``tu-``) encoder."""
+    return list(getattr(model.encoder, "model", model.encoder).layer4)
+
+
+@pytest.mark.parametrize("encoder, output_stride, dilations", [
+    ("resnet50", 16, [2, 4, 8]),  # DeepLabv3's (1, 2, 4) at OS 16
+    ("resnet50", 8, [4, 8, 16]),  # the rates double at OS 8
+    ("tu-resnet50", 16, [2, 4, 8]),  # timm leaves its first unit at rate 1: set too
+    ("tu-resnet101s", 16, [2, 4, 8]),  # the deep-stem ("beta") ResNet-101
+])
+def test_multi_grid_sets_the_rates_of_the_last_block_and_keeps_its_size(encoder, output_stride, dilations):
+    model = build_eval(arch="deeplabv3", encoder=encoder, output_stride=output_stride, multi_grid=[1, 2, 4])
+    convs = [unit.conv2 for unit in last_block(model)]
+    assert [conv.dilation for conv in convs] == [(d, d) for d in dilations]
+    assert [conv.padding for conv in convs] == [(d, d) for d in dilations]
+    sizes = []
+    hooks = [conv.register_forward_hook(lambda m, i, o: sizes.append((i[0].shape[-2:], o.shape[-2:])))
+             for conv in convs]
+    with torch.no_grad():
+        logits, features = model(torch.randn(1, 3, 65, 47), return_features=True)
+    for hook in hooks:
+        hook.remove()
+    cells = (-(-65 // output_stride), -(-47 // output_stride))
+    assert sizes == [(cells, cells)] * 3 and features.shape[-2:] == cells
+    assert logits.shape == (1, NUM_CLASSES, 65, 47)
+
+
+def test_without_multi_grid_the_last_block_keeps_one_rate():
+    model = build_eval(arch="deeplabv3", encoder="resnet50")
+    assert [unit.conv2.dilation for unit in last_block(model)] == [(2, 2)] * 3
+
+
+def test_deep_stem_resnet101_has_the_zoo_beta_stem():
+    """TF DeepLab's resnet_v1_101_beta stem: three 3x3 convolutions, 64, 64 and 128 channels, the first at stride 2."""
+    model = build_eval(arch="deeplabv3", encoder="tu-resnet101s")
+    stem = [m for m in model.encoder.model.conv1 if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size, c.out_channels, c.stride) for c in stem] == [
+        ((3, 3), 64, (2, 2)), ((3, 3), 64, (1, 1)), ((3, 3), 128, (1, 1))]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(encoder="resnet18"), r"bottleneck units .*'resnet18' is not one \(model.multi_grid=null turns it off"),
+    (dict(encoder="tu-xception41"), r"needs a ResNet encoder with bottleneck units .*'tu-xception41' is not one"),
+    (dict(encoder="resnet50", multi_grid=[1, 2]), r"last block of resnet50 has 3 units, so it needs 3 rates"),
+    (dict(encoder="resnet50", multi_grid=[0, 2, 4]), r"model.multi_grid=\[0, 2, 4\]: one rate of at least 1"),
+])
+def test_multi_grid_errors_name_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(small_config(**{"arch": "deeplabv3", "multi_grid": [1, 2, 4], **overrides}), NUM_CLASSES)
 
 
 def test_deeplabv2_head_is_four_atrous_branches_summed():
@@ -213,14 +267,24 @@ def test_dict_configs_are_accepted_and_unknown_keys_rejected():
         build_model({"arch": "deeplabv3", "depth": 3}, NUM_CLASSES)
 
 
-def test_pretrained_without_network_warns_and_trains_from_scratch(monkeypatch, tmp_path, caplog):
+def test_pretrained_without_network_stops_and_says_where_the_weights_go(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
-    with caplog.at_level(logging.WARNING, logger="segrepro.models.build"):
-        model = build_model(small_config(pretrained=True), NUM_CLASSES)
-    assert "could not load ImageNet weights for encoder resnet18" in caplog.text
-    assert "training from scratch" in caplog.text
-    assert model.feature_dim == 32
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
+    with pytest.raises(PretrainedWeightsError) as error:
+        build_model(small_config(pretrained=True), NUM_CLASSES)
+    message = str(error.value)
+    assert "ImageNet weights of encoder resnet18 cannot be loaded" in message
+    assert "smp-hub/resnet18.imagenet" in message and str(tmp_path / "hub") in message
+    assert "model.weights=PATH" in message and "model.pretrained=false" in message
+
+
+def test_pretrained_with_a_local_weights_file_downloads_nothing(monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    source = build_model(small_config(), NUM_CLASSES)
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    model = build_model(small_config(pretrained=True, weights=str(tmp_path / "weights.pt")), NUM_CLASSES)
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), model.state_dict().values()))
 
 
 def test_no_weights_at_all_warns_random_init(caplog):

@@ -21,6 +21,10 @@ CLASS_NAMES = (
 )
 PREPARE = ("prepare it with `python scripts/prepare_voc.py --voc-root VOCdevkit/VOC2012 "
            "--sbd-root benchmark_RELEASE/dataset --out {root}` (or `--download --out {root}`)")
+# data.root at the raw VOC folder, which has no trainaug labels: prepare_voc.py reads it, writes another
+PREPARE_FROM_RAW = ("{root} looks like the raw VOC 2012 folder; trainaug needs the folder scripts/prepare_voc.py "
+                    "writes: `python scripts/prepare_voc.py --voc-root {root} --sbd-root benchmark_RELEASE/dataset "
+                    "--out data/voc`, then data.root=data/voc")
 
 
 def colour_map(size: int = 256) -> tuple:
@@ -53,8 +57,9 @@ class VOCSegmentation(LabelledImages):
             raise DatasetError("VOC: data.root is not set; point it at the folder written by "
                                "scripts/prepare_voc.py (e.g. data.root=data/voc)")
         root = Path(root)
-        fix = PREPARE.format(root=root)
         label_dir = "SegmentationClassAug" if split == "trainaug" else "SegmentationClass"
+        raw = (root / "SegmentationClass").is_dir() and not (root / "SegmentationClassAug").is_dir()
+        fix = (PREPARE_FROM_RAW if raw and split == "trainaug" else PREPARE).format(root=root)
         require(root, "VOC root", fix)
         require(root / "JPEGImages", "VOC image folder", fix)
         require(root / label_dir, "VOC label folder", fix)

@@ -3,7 +3,9 @@ train``, :func:`build_evaluator` for the evaluations of training and of ``segrep
 from __future__ import annotations
 
 import contextlib
+import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,8 +17,11 @@ from ..config import instantiate
 from ..data import build_dataset
 from ..losses import SegmentationLoss
 from ..models import build_model
+from ..models.build import has_image_pooling
+from .checkpoint import resume_checkpoint
 from .distributed import DistInfo
 from .evaluator import Evaluator
+from .preemption import STOP_SIGNALS
 from .schedule import poly_lr_scheduler
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,10 +38,34 @@ def build_loss(loss_cfg, **context) -> SegmentationLoss:
     return loss
 
 
+HEAD = "segmentation_head."  # the prefix of the classifier's parameter names (SegmentationNet)
+
+
+def parameter_groups(model: torch.nn.Module, optim_cfg) -> list[dict]:
+    """The trainable parameters (frozen BN excluded) by learning rate: the head's weights at
+    ``optim.head_lr_mult`` and its biases at ``optim.head_bias_lr_mult`` times ``optim.lr``, the rest
+    at ``optim.lr``. DeepLab v2 trains its classifier at Caffe ``lr_mult`` 10 (weights) and 20
+    (biases); TF DeepLab doubles the learning rate of every bias, of which only the logits layer has
+    one (``utils/train_utils.py``, ``get_model_gradient_multipliers``). Parameters of equal rate
+    share a group, in model order: the default multipliers (1, 1) give one group, as before."""
+    for key in ("head_lr_mult", "head_bias_lr_mult"):
+        if getattr(optim_cfg, key) < 0:
+            raise ValueError(f"optim.{key} must be at least 0, got {getattr(optim_cfg, key)}")
+    groups: dict[float, list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        multiplier = 1.0
+        if name.startswith(HEAD):
+            multiplier = optim_cfg.head_bias_lr_mult if name.endswith(".bias") else optim_cfg.head_lr_mult
+        groups.setdefault(float(multiplier), []).append(param)
+    return [{"params": params, "lr": optim_cfg.lr * multiplier} for multiplier, params in groups.items()]
+
+
 def build_optimizer(model: torch.nn.Module, optim_cfg) -> torch.optim.SGD:
-    """SGD with momentum and weight decay over the trainable parameters (frozen BN excluded)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+    """SGD with momentum and weight decay over :func:`parameter_groups`; the poly schedule and the
+    slow start scale every group's learning rate alike (:mod:`.schedule`)."""
+    return torch.optim.SGD(parameter_groups(model, optim_cfg), lr=optim_cfg.lr, momentum=optim_cfg.momentum,
                            weight_decay=optim_cfg.weight_decay)
 
 
@@ -89,17 +118,45 @@ class EpochSampler(DistributedSampler):
         return iter(keys)
 
 
-def build_train_loader(dataset, data_cfg, rank: int, world_size: int, seed: int, device: torch.device):
-    """The training loader and its sampler; the per-rank batch is ``data.batch_size / world_size``."""
+def per_process_batch(data_cfg, world_size: int) -> int:
+    """``data.batch_size / world_size``, the images of one process per step (an error if it does not divide)."""
     if data_cfg.batch_size % world_size:
         raise ValueError(f"data.batch_size={data_cfg.batch_size} is not divisible by the {world_size} processes")
-    batch = data_cfg.batch_size // world_size
+    return data_cfg.batch_size // world_size
+
+
+def check_batchnorm_batch(cfg, world_size: int) -> None:
+    """A clear error, before anything is built, where torch would fail in the first step: with one image per
+    process and BN in train mode, the BN of the image-pooling branch (DeepLabv3, v3+) normalizes one
+    value per channel ("Expected more than 1 value per channel when training"). Frozen BN (running
+    statistics) and SyncBN over several processes are fine."""
+    tcfg = cfg.trainer
+    if (per_process_batch(cfg.data, world_size) > 1 or not has_image_pooling(cfg.model.arch)
+            or tcfg.freeze_bn or (tcfg.sync_bn and world_size > 1)):
+        return
+    raise ValueError(
+        f"data.batch_size={cfg.data.batch_size} over {world_size} process(es) is one image per process: the "
+        f"image-pooling branch of {cfg.model.arch} then gives batch norm one value per channel, which it cannot "
+        "normalize in training. Ways out: trainer.sync_bn=true (GPUs, several processes: statistics over all "
+        "of them), trainer.freeze_bn=true (BN at its running statistics), or a larger data.batch_size.")
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker lets SIGTERM / SIGUSR1 pass (a cluster signals every process of the job): the
+    training process checkpoints and stops, and its workers end with it."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
+def build_train_loader(dataset, data_cfg, rank: int, world_size: int, seed: int, device: torch.device):
+    """The training loader and its sampler; the per-rank batch is ``data.batch_size / world_size``."""
+    batch = per_process_batch(data_cfg, world_size)
     sampler = EpochSampler(dataset, world_size, rank, seed)
     if len(sampler) < batch:
         raise ValueError(f"the training split has {len(dataset)} images: fewer than one batch of {batch} per process")
     workers = int(data_cfg.num_workers)
     loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch, sampler=sampler, drop_last=True,
-                        num_workers=workers, persistent_workers=workers > 0,
+                        num_workers=workers, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
     return loader, sampler
 
@@ -132,12 +189,15 @@ def build_training(cfg, run_dir, dist_info: DistInfo) -> TrainingParts:
     tcfg, device = cfg.trainer, dist_info.device
     if tcfg.max_iters <= 0:
         raise ValueError(f"trainer.max_iters must be positive, got {tcfg.max_iters}")
+    check_batchnorm_batch(cfg, dist_info.world_size)
     torch.manual_seed(tcfg.seed)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
     autocast, scaler = build_amp(tcfg, device)
     evaluator = build_evaluator(cfg, dist_info, autocast)
 
-    model = build_model(cfg.model, cfg.data.num_classes)
+    # resuming, or starting from a previous stage's weights: no ImageNet download (it would be overwritten)
+    from_checkpoint = bool(tcfg.init_from) or resume_checkpoint(tcfg.resume, Path(run_dir) / "checkpoints") is not None
+    model = build_model(cfg.model, cfg.data.num_classes, from_checkpoint=from_checkpoint)
     if tcfg.sync_bn and dist_info.distributed:
         if device.type != "cuda":
             raise ValueError("trainer.sync_bn=true needs GPUs: SyncBatchNorm has no CPU kernel")

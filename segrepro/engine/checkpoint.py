@@ -1,13 +1,20 @@
-"""Checkpoints: written atomically (:func:`segrepro.files.atomic_write`), the last N kept plus the best,
-loaded with ``weights_only=True`` (no arbitrary unpickling)."""
+"""Checkpoints: written atomically and durably (:func:`segrepro.files.atomic_write`: fsync of the file
+and of its folder around the rename), the last N kept plus the best (older ones deleted only once the
+new one reads back whole), loaded with ``weights_only=True`` (no arbitrary unpickling); ``resume=auto``
+takes the newest one that loads."""
 from __future__ import annotations
 
+import logging
 import re
+import shutil
+import zipfile
 from pathlib import Path
 
 import torch
 
-from ..files import atomic_write
+from ..files import atomic_write, load_torch_file
+
+log = logging.getLogger(__name__)
 
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
@@ -15,19 +22,41 @@ STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves a
     half-written checkpoint under the final name."""
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_write(path, "wb") as file:  # our file object: closed even when torch.save fails midway
+        torch.save(obj, file)
 
 
 def load_checkpoint(path) -> dict:
-    """Load a checkpoint safely; errors name the file."""
-    path = Path(path)
+    """Load a checkpoint safely (tensors and plain containers only); errors name the file and say what is wrong."""
+    return load_torch_file(path, "checkpoint")
+
+
+def resume_checkpoint(resume, folder) -> Path | None:
+    """The checkpoint ``trainer.resume`` names: None for ``none``/null (or ``auto`` with nothing in
+    ``folder``), the newest ``step_*.pt`` of ``folder`` that loads for ``auto``, else the file it names."""
+    if resume in (None, "", "none"):
+        return None
+    if resume == "auto":
+        return CheckpointDir(folder).latest_loadable()
+    path = Path(resume)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint file; expected auto (the newest "
+                                "checkpoint of the run folder), none, or the path of a checkpoint")
+    return path
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, read-only folder): names the folder and its free space."""
+
+
+def is_complete(path: Path) -> bool:
+    """Whether ``path`` is a whole zip archive as ``torch.save`` writes (its central directory, at the
+    end, reads back): a file cut short by a crash or a full disk is not."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or one holding arbitrary objects
-        raise ValueError(f"cannot load checkpoint {path}: {exc}") from exc
+        with zipfile.ZipFile(path) as archive:
+            return len(archive.namelist()) > 0
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 class CheckpointDir:
@@ -47,17 +76,43 @@ class CheckpointDir:
         steps = self.steps()
         return steps[-1][1] if steps else None
 
+    def latest_loadable(self) -> Path | None:
+        """The newest checkpoint that loads; each newer one that does not is logged, naming the file and why."""
+        for _, path in reversed(self.steps()):
+            try:
+                load_checkpoint(path)
+                return path
+            except ValueError as error:
+                log.warning("skipping %s", error)
+        return None
+
     def path(self, step: int) -> Path:
         return self.folder / f"step_{step:07d}.pt"
 
     def save(self, state: dict, step: int) -> Path:
+        """Write ``step``'s checkpoint; only once it reads back whole, delete the ones beyond ``keep_last``."""
         path = self.path(step)
-        atomic_save(state, path)
-        for _, old in self.steps()[:-self.keep_last]:
-            old.unlink()
+        self._write(state, path)
+        if is_complete(path):
+            for _, old in self.steps()[:-self.keep_last]:
+                old.unlink()
         return path
 
     def save_best(self, state: dict) -> Path:
         path = self.folder / "best.pt"
-        atomic_save(state, path)
+        self._write(state, path)
         return path
+
+    def _write(self, state: dict, path: Path) -> None:
+        try:
+            atomic_save(state, path)
+        except (OSError, RuntimeError) as error:  # no space, read-only, quota (torch.save's writer raises
+            # RuntimeError for a full disk): the previous files are untouched
+            existing = next(p for p in (self.folder, *self.folder.parents) if p.exists())
+            free = shutil.disk_usage(existing).free
+            kept = self.latest()
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path.name} into {self.folder}: "
+                f"{getattr(error, 'strerror', None) or str(error).splitlines()[0]}; "
+                f"{free / 2**20:.1f} MiB free there. The previous checkpoint is intact: "
+                f"{kept or 'none (no checkpoint was written yet)'}") from None

@@ -1,4 +1,10 @@
-"""Poly learning-rate schedule with an optional slow start (DeepLab; SSL Sec. 4, LAD Sec. 4)."""
+"""Poly learning-rate schedule with an optional slow start (DeepLab; SSL Sec. 4, LAD Sec. 4).
+
+One factor for every parameter group: ``LambdaLR`` sets each group's learning rate to the
+group's own initial rate times the factor, so a group at ``m`` times ``optim.lr`` (the head's,
+``optim.head_lr_mult``) stays at ``m`` times the base group's through the slow start and the
+poly decay, as TF DeepLab's gradient multipliers and Caffe's ``lr_mult`` scale every step.
+"""
 from __future__ import annotations
 
 from torch.optim.lr_scheduler import LambdaLR

@@ -16,22 +16,32 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from ..data.io import DatasetError
 from ..files import write_json
 from ..models import load_weights
 from .build import TrainingParts
-from .checkpoint import CheckpointDir, load_checkpoint
+from .checkpoint import CheckpointDir, load_checkpoint, resume_checkpoint
 from .distributed import DistInfo
+from .hparams import log_hparams
+from .preemption import Preempted, StopSignal
+from .run_config import write_run_config
 from .visualize import label_grid
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (unreadable data, ...); the message names the cause and the last checkpoint, left intact."""
+
+
+class NonFiniteLossError(TrainingStopped):
     """The loss became NaN or infinite; the message names the step, the terms and the last good checkpoint."""
 
 
 class Trainer:
-    def __init__(self, cfg, parts: TrainingParts, run_dir, dist_info: DistInfo):
+    """``stop``: the :class:`.preemption.StopSignal` the loop asks after each step (none: never stops early)."""
+
+    def __init__(self, cfg, parts: TrainingParts, run_dir, dist_info: DistInfo, stop: StopSignal | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.dist = dist_info
@@ -46,6 +56,8 @@ class Trainer:
         self.best_miou = float("-inf")
         self.evals: list[dict] = []
         self.last_checkpoint: Path | None = None
+        self.saved_step: int | None = None
+        self.stop = stop or StopSignal()
 
     # ----------------------------------------------------------------- state
     def state(self) -> dict:
@@ -88,29 +100,27 @@ class Trainer:
         state = self.state()  # every rank takes part (RNG states are gathered)
         if self.dist.is_main:
             self.last_checkpoint = self.checkpoints.save(state, self.step)
+        self.saved_step = self.step
 
     def resume_path(self) -> Path | None:
-        resume = self.cfg.trainer.resume
-        if resume in (None, "", "none"):
-            if self.checkpoints.latest() is not None and self.dist.is_main:
-                log.warning("%s already holds checkpoints; starting afresh (trainer.resume=auto continues them)",
-                            self.checkpoints.folder)
-            return None
-        if resume == "auto":
-            return self.checkpoints.latest()
-        return Path(resume)
+        path = resume_checkpoint(self.cfg.trainer.resume, self.checkpoints.folder)
+        if self.cfg.trainer.resume in (None, "", "none") and self.checkpoints.latest() is not None \
+                and self.dist.is_main:
+            log.warning("%s already holds checkpoints; starting afresh (trainer.resume=auto continues them)",
+                        self.checkpoints.folder)
+        return path
 
     def start(self) -> None:
-        """Write the run's config; resume from a checkpoint, or start from ``trainer.init_from`` if set."""
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(self.cfg, self.run_dir / "config.yaml", resolve=True)
+        """Resume from a checkpoint, or start from ``trainer.init_from`` if set; record the run's config
+        (:func:`.run_config.write_run_config`: never over a different one)."""
         path = self.resume_path()
         if path is not None:
             self.load_state(path)
             log.info("resumed from %s at step %d", path, self.step)
         elif self.cfg.trainer.init_from:
             load_weights(self.model, self.cfg.trainer.init_from)
+        if self.dist.is_main:
+            write_run_config(self.cfg, self.run_dir, self.step)
 
     # ------------------------------------------------------------------ loop
     def batches(self):
@@ -122,6 +132,19 @@ class Trainer:
             for images, labels in self.loader:
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             epoch += 1
+
+    def kept_checkpoint(self) -> str:
+        return str(self.last_checkpoint or "none (no checkpoint was written yet)")
+
+    def next_batch(self, batches) -> tuple:
+        """The next training batch; a file the dataset cannot read stops the run naming it (also when a
+        loader worker read it: the worker's traceback is reduced to the dataset's message)."""
+        try:
+            return next(batches)
+        except DatasetError as error:
+            message = str(error).rpartition("DatasetError: ")[2] or str(error)
+            raise TrainingStopped(f"training stopped before step {self.step + 1}: {message.strip()}\n"
+                                  f"  last checkpoint, left intact: {self.kept_checkpoint()}") from None
 
     def loss_inputs(self, images, labels) -> tuple:
         """``(logits, labels)``, or ``(logits, labels, features)`` for a loss that ``needs_features``."""
@@ -163,10 +186,22 @@ class Trainer:
     def stop_non_finite(self, value: float, inputs) -> None:
         terms = self.loss_terms(inputs)
         detail = ", ".join(f"{k}={v:.4g}" for k, v in terms.items()) or f"loss={value}"
-        kept = self.last_checkpoint or "none (no checkpoint was written yet)"
         raise NonFiniteLossError(
             f"the loss is {value} at step {self.step + 1} ({detail}); stopped without saving. "
-            f"Last good checkpoint, left intact: {kept}")
+            f"Last good checkpoint, left intact: {self.kept_checkpoint()}")
+
+    def stop_on_signal(self) -> None:
+        """Checkpoint the current step (unless just written) and raise :class:`Preempted`."""
+        if self.saved_step != self.step:
+            self.save()
+        self.evaluator.close()
+        if self.writer is not None:
+            self.writer.close()
+        path = self.checkpoints.path(self.step)
+        log.warning("stopped by %s after step %d: checkpoint %s", self.stop.name, self.step, path)
+        raise Preempted(f"stopped by {self.stop.name} after step {self.step} of {self.cfg.trainer.max_iters}; "
+                        f"checkpoint written: {path}. Continue with trainer.resume=auto and the same run folder "
+                        f"(hydra.run.dir={self.run_dir}).")
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self, final: bool = False) -> dict:
@@ -222,21 +257,27 @@ class Trainer:
         bar = tqdm(total=tcfg.max_iters, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (self.dist.is_main and tcfg.progress))
         batches = self.batches()
-        while self.step < tcfg.max_iters:
-            value = self.train_step(*next(batches))
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-            if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step < tcfg.max_iters:
-                self.evaluate()
-                self.write_metrics(self.evals[-1])
-            if self.step % tcfg.ckpt_every == 0 and self.step < tcfg.max_iters:
-                self.save()
+        with self.stop.armed():  # a stop signal waits for the end of the step
+            log.info("training from step %d to %d", self.step, tcfg.max_iters)
+            while self.step < tcfg.max_iters:
+                if self.stop.agreed(self.device):
+                    bar.close()
+                    self.stop_on_signal()
+                value = self.train_step(*self.next_batch(batches))
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step < tcfg.max_iters:
+                    self.evaluate()
+                    self.write_metrics(self.evals[-1])
+                if self.step % tcfg.ckpt_every == 0 and self.step < tcfg.max_iters:
+                    self.save()
         bar.close()
         final = self.evaluate(final=crf_at_end)
         self.evaluator.close()
         self.save()
         self.write_metrics(final)
         if self.writer is not None:
+            log_hparams(self.writer, self.cfg, final, self.step)
             self.writer.close()
         return final
 

@@ -91,13 +91,15 @@ class PresentFirst:
             ClassChunk(s, order[s], False) for s in class_chunks(num_classes, num_present)]
 
 
-def present_chunks(x: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, size: int, sigma):
+def present_chunks(x: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, size: int, sigma,
+                   border: str = "renorm"):
     """For each group of images (:func:`image_groups`) and each chunk of classes, present ones first
     (:class:`PresentFirst`, per group): ``(images, labels, stats, chunk)`` with ``images`` the group's
-    slice of the batch, ``labels`` its labels in the chunks' order and ``stats`` its :class:`LocalStats`."""
+    slice of the batch, ``labels`` its labels in the chunks' order and ``stats`` its :class:`LocalStats`
+    (window ``size``, ``sigma``, ``border``)."""
     for images in image_groups(x):
         order = PresentFirst(target[images], valid[images], x.shape[1])
-        stats = LocalStats(size, sigma, valid[images], x.dtype)
+        stats = LocalStats(size, sigma, valid[images], x.dtype, border)
         for chunk in order.chunks:
             yield images, order.labels, stats, chunk
 

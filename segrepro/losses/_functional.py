@@ -68,6 +68,9 @@ def check_choice(name: str, value, choices: tuple) -> None:
 
 # impl of a windowed loss: "fast" (chunked, own gradient) or "reference" (segrepro.losses.reference)
 IMPLEMENTATIONS = ("fast", "reference")
+# reduction of a BCE (BCELoss, the BCE terms of SSL and SSIM): "entry", the mean over the valid (pixel, class)
+# entries, or "pixel", summed over the classes and averaged over the valid pixels (SSL Eq. 1): C times "entry"
+REDUCTIONS = ("entry", "pixel")
 
 
 def compute_dtype(logits: torch.Tensor) -> torch.dtype:

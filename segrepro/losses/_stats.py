@@ -6,6 +6,12 @@ statistics of a pixel are taken over the in-image, non-ignored pixels of its
 window only, with the window weights renormalized to sum to one over those
 pixels: ``mean(v)_i = sum_j w_(j-i) m_j v_j / sum_j w_(j-i) m_j`` with ``m``
 the valid mask. Both sums are depthwise convolutions with zero padding.
+That is ``border="renorm"``; the other conventions of the image border
+(:data:`BORDERS`) change only the pixels outside the image: ``"zero"`` counts
+them as zeros that keep their weight (the weights are not renormalized for
+them, as in the usual public SSIM), ``"valid"`` keeps only the centers whose
+window lies entirely inside the image. Ignored pixels are renormalized out
+under all three.
 :func:`segrepro.losses.reference.local_mean` is the same statistic in one line.
 """
 from __future__ import annotations
@@ -16,6 +22,10 @@ import torch.nn.functional as F
 # Windows at least this wide are summed in two 1-D passes (rows, then columns), smaller ones in one 2-D pass
 # (docs/performance.md).
 SEPARABLE_FROM = 7
+
+# The image border of the windowed statistics (SSL, SSIM): renormalized over the in-image pixels, zero padded,
+# or only the windows entirely inside the image.
+BORDERS = ("renorm", "zero", "valid")
 
 
 def check_sigma(sigma) -> None:
@@ -35,6 +45,23 @@ def window_1d(size: int, sigma) -> torch.Tensor:
     return g / g.sum()
 
 
+def window_inside(height: int, width: int, size: int, device=None) -> torch.Tensor:
+    """``[H, W]`` bool: true at the centers whose ``size x size`` window lies entirely inside the image
+    (``border="valid"``)."""
+    r = size // 2
+    rows, cols = torch.arange(height, device=device), torch.arange(width, device=device)
+    return ((rows >= r) & (rows < height - r))[:, None] & ((cols >= r) & (cols < width - r))[None, :]
+
+
+def outside_weight(height: int, width: int, window: torch.Tensor) -> torch.Tensor:
+    """``[1, 1, H, W]``: the weight of each pixel's ``size x size`` ``window`` that falls outside the image (0
+    where the window lies inside, exactly): the window sum of a map that is 1 outside the image and 0 in it
+    (``border="zero"``)."""
+    r = window.shape[-1] // 2
+    ones_outside = F.pad(window.new_zeros(1, 1, height, width), (r, r, r, r), value=1.0)
+    return F.conv2d(ones_outside, window[None, None])
+
+
 def center_weight(size: int, sigma) -> float:
     """Weight ``w_c`` of the center of the full, normalized window."""
     return float(window_1d(size, sigma)[size // 2]) ** 2
@@ -47,6 +74,11 @@ class LocalStats:
     takes ``v [N, K, H, W]`` that is already zero at ignored pixels and returns
     the weighted local mean of every channel; at ignored centers it is 0 (their
     statistics are never used, and their window may hold no valid pixel).
+    ``border`` (:data:`BORDERS`): with ``"zero"`` the weight sum also holds the
+    window's weight outside the image; with ``"valid"`` the centers whose window
+    crosses the border are treated as ignored centers (mean 0, weight sum
+    infinite). ``centers`` (``[N, H, W]`` bool) are the centers whose statistics
+    are used: ``valid``, less those border centers with ``"valid"``.
     The mean divides by the window's weight sum rather than multiplying by its
     reciprocal, so a window whose valid pixels all hold the same value has
     exactly that mean (and a binary map's variance there is exactly 0).
@@ -58,10 +90,15 @@ class LocalStats:
     :meth:`weight_sum_like`, see :func:`repeat_channels`), kept per channel count.
     """
 
-    def __init__(self, size: int, sigma, valid: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, size: int, sigma, valid: torch.Tensor, dtype: torch.dtype, border: str = "renorm"):
         self.size = size
+        self.border = border
         self.factor = window_1d(size, sigma).to(dtype=dtype, device=valid.device)
         self.mask = valid.unsqueeze(1).to(dtype)  # [N, 1, H, W]
+        self.centers = valid & window_inside(*valid.shape[1:], size, valid.device) if border == "valid" else valid
+        self.outside = None  # border="zero": the weight of each window outside the image, [1, 1, H, W]
+        if border == "zero":
+            self.outside = outside_weight(*valid.shape[1:], torch.outer(self.factor, self.factor))
         self._per_channels = {}
 
     def window_sum(self, v: torch.Tensor) -> torch.Tensor:
@@ -87,13 +124,23 @@ class LocalStats:
         ulp in windows of one label (seen with 11x11 windows on one image)."""
         return self._channels(v.shape[1])[1]
 
+    def center_mask_like(self, v: torch.Tensor) -> torch.Tensor:
+        """``centers`` (1 or 0) repeated over ``v``'s channels, channels-last: :meth:`mask_like` itself unless
+        ``border="valid"``."""
+        return self._channels(v.shape[1])[2]
+
     def _channels(self, k: int):
         if k not in self._per_channels:
             mask = repeat_channels(self.mask, k)
-            # Infinite at ignored centers as (sum + tiny) / 0, also where the sum is 0; at valid centers the sum
-            # (at least the center's weight) is bitwise unchanged by tiny and by the division by 1.
-            weight_sum = self.window_sum(mask).add_(torch.finfo(mask.dtype).tiny).div_(mask)
-            self._per_channels[k] = mask, weight_sum
+            weight_sum = self.window_sum(mask)
+            if self.outside is not None:  # the pixels outside the image keep their weight (0 inside: exact there)
+                weight_sum.add_(self.outside)
+            centers = mask if self.border != "valid" else repeat_channels(self.centers.unsqueeze(1).to(mask.dtype), k)
+            # Infinite at ignored (and dropped border) centers as (sum + tiny) / 0, also where the sum is 0; at the
+            # other centers the sum (at least the center's weight) is bitwise unchanged by tiny and by the
+            # division by 1.
+            weight_sum.add_(torch.finfo(mask.dtype).tiny).div_(centers)
+            self._per_channels[k] = mask, weight_sum, centers
         return self._per_channels[k]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._functional import PixelLoss, masked_mean, one_hot
+from ._functional import REDUCTIONS, PixelLoss, check_choice, masked_mean, one_hot
 
 
 def bce_map(x: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -14,8 +14,17 @@ def bce_map(x: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch
 
 
 class BCELoss(PixelLoss):
-    """Sigmoid cross entropy of every class channel against the one-hot target,
-    mean over the valid (pixel, class) entries."""
+    """Sigmoid cross entropy of every class channel against the one-hot target: the mean over the valid
+    (pixel, class) entries (``reduction="entry"``), or summed over the classes and averaged over the valid
+    pixels (``reduction="pixel"``, the ``-1/N sum_n sum_c`` of SSL Eq. 1; ``C`` times ``"entry"``)."""
+
+    def __init__(self, ignore_index: int = 255, reduction: str = "entry"):
+        super().__init__(ignore_index)
+        check_choice("reduction", reduction, REDUCTIONS)
+        self.reduction = reduction
 
     def compute(self, x: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        return masked_mean(bce_map(x, target, valid), valid.unsqueeze(1))
+        bce = bce_map(x, target, valid)
+        if self.reduction == "pixel":
+            return masked_mean(bce.sum(1), valid)
+        return masked_mean(bce, valid.unsqueeze(1))

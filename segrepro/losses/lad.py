@@ -140,19 +140,23 @@ class LADLoss(SegmentationLoss):
     ``2^(1 - D8)`` and divided by the same-label count ``xi`` (Eq. 2); the
     local loss is the softmax cross entropy of the pooled vector (Eqs. 3-4);
     the local losses of the valid centers (every ``stride``-th row and column,
-    starting at 0) are Minkowski pooled, ``(mean L_S^k)^(1/k)`` (Eq. 5).
+    starting at 0) are Minkowski pooled, ``(mean L_S^k)^(1/k)`` (Eq. 5): over
+    each image, then averaged over the images that have a valid center
+    (``pool="image"``, "here we take one image as an input batch"), or over
+    the valid centers of the whole batch (``pool="batch"``).
     """
 
     def __init__(self, kernel_size: int = 5, k: float = 3.0, stride: int = 1, ignore_index: int = 255,
-                 impl: str = "fast"):
+                 impl: str = "fast", pool: str = "image"):
         super().__init__()
-        reference.check_lad(kernel_size, k, stride)
+        reference.check_lad(kernel_size, k, stride, pool)
         check_choice("impl", impl, IMPLEMENTATIONS)
         self.kernel_size = kernel_size
         self.k = k
         self.stride = stride
         self.ignore_index = ignore_index
         self.impl = impl
+        self.pool = pool
 
     def _strided_local(self, logits: torch.Tensor, target: torch.Tensor):
         """``L_S`` and the valid mask on the strided center grid (Eqs. 2-4)."""
@@ -164,10 +168,15 @@ class LADLoss(SegmentationLoss):
         return local, valid[:, ::s, ::s], x
 
     def _minkowski(self, local: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Minkowski pooling of the valid local losses, ``(mean L_S^k)^(1/k)`` (Eq. 5). ``local`` is 0 at
-        ignored centers (and the cross entropy sends them no gradient), so the sum runs over all centers
-        without indexing by ``valid`` (docs/performance.md)."""
-        return local.pow(self.k).sum().div(valid.sum()).pow(1.0 / self.k)
+        """Minkowski pooling of the valid local losses, ``(mean L_S^k)^(1/k)`` (Eq. 5), over the whole batch or
+        per image (then the mean over the images with a valid center). ``local`` is 0 at ignored centers (and
+        the cross entropy sends them no gradient), so the sums run over all centers without indexing by
+        ``valid`` (docs/performance.md)."""
+        if self.pool == "batch":
+            return local.pow(self.k).sum().div(valid.sum()).pow(1.0 / self.k)
+        counts = valid.sum((1, 2))
+        scored = counts > 0
+        return local.pow(self.k).sum((1, 2))[scored].div(counts[scored]).pow(1.0 / self.k).mean()
 
     def local_losses(self, logits: torch.Tensor, target: torch.Tensor):
         """``(L_S [N, H, W], valid [N, H, W] bool)``; off the stride grid ``L_S = 0`` and ``valid`` is false."""
@@ -184,7 +193,8 @@ class LADLoss(SegmentationLoss):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.impl == "reference":
-            return reference.lad_loss(logits, target, self.kernel_size, self.k, self.stride, self.ignore_index)
+            return reference.lad_loss(logits, target, self.kernel_size, self.k, self.stride, self.ignore_index,
+                                      self.pool)
         with autocast_off(logits.device.type):
             local, valid, x = self._strided_local(logits, target)
             if not bool(valid.any()):

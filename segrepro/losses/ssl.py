@@ -15,9 +15,10 @@ from ._autograd import eager_forward, eager_terms
 from ._chunks import chunks_in_order, gather_classes, one_hot_chunk, present_chunks, scatter_classes
 from . import reference
 from ._functional import (
-    IMPLEMENTATIONS, autocast_off, check_choice, check_fraction, check_positive, check_window, log_q, prepare,
+    IMPLEMENTATIONS, REDUCTIONS, autocast_off, check_choice, check_fraction, check_positive, check_window, log_q,
+    prepare,
 )
-from ._stats import LocalStats, center_weight, check_sigma
+from ._stats import BORDERS, LocalStats, center_weight, check_sigma
 from .base import SegmentationLoss
 
 TERMS = ("bce", "ssl", "hard_fraction", "norm_pred_min", "norm_pred_max", "norm_gt_min", "norm_gt_max",
@@ -66,6 +67,13 @@ class SSLLoss(SegmentationLoss):
     full window), and ``L_ssl = sum(e * f * bce) / max(sum(f), 1)`` over the
     valid (pixel, class) entries (Eqs. 12-13; ``e`` replaced by 1 when
     ``reweight=False``).
+
+    ``border`` (``"renorm"``, ``"zero"``, ``"valid"``) is the convention of the
+    image border (:mod:`segrepro.losses._stats`); with ``"valid"`` the entries
+    whose window crosses the border have no ``e`` (0) and are never hard.
+    ``reduction`` is that of the BCE term (``"entry"``: mean over the valid
+    entries, as :class:`BCELoss`; ``"pixel"``: summed over the classes, mean
+    over the valid pixels); ``L_ssl`` keeps its ``1 / M``.
     """
 
     def __init__(
@@ -79,10 +87,14 @@ class SSLLoss(SegmentationLoss):
         reweight: bool = True,
         ignore_index: int = 255,
         impl: str = "fast",
+        border: str = "renorm",
+        reduction: str = "entry",
     ):
         super().__init__()
         check_window("region_size", region_size)
         check_choice("impl", impl, IMPLEMENTATIONS)
+        check_choice("border", border, BORDERS)
+        check_choice("reduction", reduction, REDUCTIONS)
         check_sigma(sigma)
         check_fraction("beta", beta, upper_open=True)
         check_fraction("lam", lam)
@@ -96,6 +108,8 @@ class SSLLoss(SegmentationLoss):
         self.reweight = bool(reweight)
         self.ignore_index = ignore_index
         self.impl = impl
+        self.border = border
+        self.reduction = reduction
         w_c = center_weight(region_size, sigma)
         # region_size=1 (w_c = 1): e is 0 everywhere and so is its range.
         self.e_max = 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + self.c4) if w_c < 1 else 0.0
@@ -115,17 +129,20 @@ class SSLLoss(SegmentationLoss):
         y_parts = None if y is None else normalized_parts(y, stats, self.c4, binary=True)
         return (y_parts, p_parts, bce, p, y) if for_loss else (y_parts, p_parts)
 
-    def _error(self, y_parts, p_parts) -> torch.Tensor:
-        """``e = |y_nor - p_nor|`` (Eq. 10) from the parts of :meth:`_parts`, channels-last; 0 at ignored pixels."""
+    def _error(self, y_parts, p_parts, stats) -> torch.Tensor:
+        """``e = |y_nor - p_nor|`` (Eq. 10) from the parts of :meth:`_parts`, channels-last; 0 at ignored pixels
+        (and, ``border="valid"``, off ``stats.centers``)."""
         num_p, den_p = p_parts
         if y_parts is None:
-            return num_p.div_(den_p).sub_(normalized_zero(self.c4)).abs_()
-        num_y, den_y = y_parts
-        return num_y.div_(den_y).addcdiv_(num_p, den_p, value=-1).abs_()
+            e = num_p.div_(den_p).sub_(normalized_zero(self.c4)).abs_()
+        else:
+            num_y, den_y = y_parts
+            e = num_y.div_(den_y).addcdiv_(num_p, den_p, value=-1).abs_()
+        return e.mul_(stats.center_mask_like(e)) if self.border == "valid" else e
 
     def _hard(self, e: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Eq. 11: ``f`` as a boolean map (``valid`` broadcasts to ``e``); ``e`` is 0 at ignored pixels,
-        so they are never hard."""
+        """Eq. 11: ``f`` as a boolean map (``valid``, the entries that have an ``e``, broadcasts to ``e``);
+        ``e`` is 0 elsewhere, so they are never hard."""
         return e > self.beta * self.e_max if self.ohem else valid.expand_as(e)
 
     def error_map(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -133,15 +150,16 @@ class SSLLoss(SegmentationLoss):
         with autocast_off(logits.device.type), torch.no_grad():
             x, target, valid = prepare(logits, target, self.ignore_index)
             e = torch.empty_like(x)
-            for images, labels, stats, chunk in present_chunks(x, target, valid, self.region_size, self.sigma):
+            for images, labels, stats, chunk in present_chunks(x, target, valid, self.region_size, self.sigma,
+                                                               self.border):
                 parts = self._parts(x[images], labels, valid[images], chunk, stats)
-                scatter_classes(e[images], chunk.classes, self._error(*parts))
+                scatter_classes(e[images], chunk.classes, self._error(*parts, stats))
             return e
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.impl == "reference":
             return reference.ssl_loss(logits, target, self.region_size, self.sigma, self.beta, self.lam, self.c4,
-                                      self.ohem, self.reweight, self.ignore_index)
+                                      self.ohem, self.reweight, self.ignore_index, self.border, self.reduction)
         return eager_forward(self._value_and_grad, logits, target, self.ignore_index)
 
     @torch.no_grad()
@@ -149,19 +167,21 @@ class SSLLoss(SegmentationLoss):
         """The objective, and how to get its gradient w.r.t. ``x`` (``e`` and ``f`` constants). One pass over
         chunks of classes, present classes first (:func:`present_chunks`: absent ones skip their one-hot
         statistics), sums each entry's BCE, alone and weighted by ``e f`` (``f`` when not reweighting), and
-        counts the hard entries ``M``; the objective is ``lam / #valid * sum(bce) + (1 - lam) / M * sum(e f bce)``.
+        counts the hard entries ``M``; the objective is ``lam / #valid * sum(bce) + (1 - lam) / M * sum(e f bce)``
+        (``#valid`` the valid entries, or the valid pixels with ``reduction="pixel"``).
         Its gradient is ``lam / #valid * d + (1 - lam) / M * e f d`` with ``d = sigmoid(x) - y``: each chunk
         keeps ``d`` and ``e f d`` (channels-last, made while they are in cache) for the backward
         (:meth:`_gradient`), which only has to weigh them once ``M`` is known."""
         sums, chunks, maps = [], [], []
-        for images, labels, stats, chunk in present_chunks(x, target, valid, self.region_size, self.sigma):
+        for images, labels, stats, chunk in present_chunks(x, target, valid, self.region_size, self.sigma,
+                                                           self.border):
             chunk_sums, chunk_maps = self._chunk_sums(x[images], labels, valid[images], chunk, stats, with_grad)
             sums.append(chunk_sums)
             if with_grad:
                 chunks.append((images, chunk.classes))
                 maps.extend(chunk_maps)
         bce, hard_bce, hard = (sum(column) for column in zip(*sums))
-        bce_scale = self.lam / (int(valid.sum()) * x.shape[1])
+        bce_scale = self.lam / (int(valid.sum()) * (x.shape[1] if self.reduction == "entry" else 1))
         hard_scale = (1.0 - self.lam) / max(int(hard), 1)
         value = bce * bce_scale + hard_bce * hard_scale
         return value, (partial(self._gradient, chunks=chunks, bce_scale=bce_scale, hard_scale=hard_scale),
@@ -171,10 +191,11 @@ class SSLLoss(SegmentationLoss):
         """One chunk: ``(sum of BCE, sum of e f BCE, sum of f)`` over its valid entries, and with the gradient
         the maps ``(d, e f d)``, ``d = sigmoid(x) - y`` (0 at ignored pixels; made in the buffers of p and e)."""
         y_parts, p_parts, bce, p, y = self._parts(x, labels, valid, chunk, stats, for_loss=True)
-        e = self._error(y_parts, p_parts)
+        e = self._error(y_parts, p_parts, stats)
         bce_sum = bce.sum()
-        if not self.ohem:  # f is the valid mask
-            weight, hard = (e if self.reweight else None), valid.sum() * e.shape[1]
+        if not self.ohem:  # f is the valid mask (stats.centers; with border="valid" a map of them, in e's buffer)
+            weight = e if self.reweight else (e.copy_(stats.center_mask_like(e)) if self.border == "valid" else None)
+            hard = stats.centers.sum() * e.shape[1]
         elif self.reweight:  # e f in one step: entries above beta e_max keep e, the rest become 0
             weight = torch.nn.functional.threshold_(e, self.beta * self.e_max, 0.0)
             # M counted as the sum of a float 0/1 map (docs/performance.md): exact up to 2^24 hard entries per
@@ -202,36 +223,43 @@ class SSLLoss(SegmentationLoss):
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Statistics to log (SSL Figs. 3-4), each a scalar over the valid (pixel, class) entries.
 
-        ``bce``: the BCE term; ``ssl``: ``L_ssl`` (Eq. 13); ``hard_fraction``:
-        ``M`` over the number of valid entries (Fig. 4); ``norm_pred_min`` /
-        ``norm_pred_max`` and ``norm_gt_min`` / ``norm_gt_max``: extremes of
-        ``p_nor`` and ``y_nor`` (Fig. 3); ``e_max``, ``e_mean``, ``e_median``:
-        the observed maximum, mean and median of ``e`` (Fig. 3; the
-        theoretical bound is the attribute ``e_max``). All 0 when no pixel is valid.
+        ``bce``: the BCE term (in the loss's ``reduction``); ``ssl``: ``L_ssl``
+        (Eq. 13); ``hard_fraction``: ``M`` over the number of valid entries
+        (Fig. 4); ``norm_pred_min`` / ``norm_pred_max`` and ``norm_gt_min`` /
+        ``norm_gt_max``: extremes of ``p_nor`` and ``y_nor`` (Fig. 3); ``e_max``,
+        ``e_mean``, ``e_median``: the observed maximum, mean and median of ``e``
+        (Fig. 3; the theoretical bound is the attribute ``e_max``); these five
+        over the entries that have an ``e`` (with ``border="valid"``, those
+        whose window lies inside the image; 0 if none). All 0 when no pixel is valid.
         """
         return eager_terms(self._terms, logits, target, self.ignore_index, TERMS)
 
     def _terms(self, x, target, valid):
-        stats = LocalStats(self.region_size, self.sigma, valid, x.dtype)
+        stats = LocalStats(self.region_size, self.sigma, valid, x.dtype, self.border)
+        has_e = bool(stats.centers.any())  # false only with border="valid" and no window inside the images
         sums = {k: x.new_zeros(()) for k in ("bce", "ssl", "hard")}
         extremes, errors = [], []
         for chunk in chunks_in_order(x.shape[1]):
             (num_y, den_y), (num_p, den_p) = self._parts(x, target, valid, chunk, stats)
             y_nor, p_nor = num_y.div_(den_y), num_p.div_(den_p)
             full = valid.unsqueeze(1).expand_as(y_nor)
-            bce = -log_q(x[:, chunk.positions], one_hot_chunk(target, valid, chunk.positions, x.dtype))[full]
-            extremes.append(torch.stack([v for t in (p_nor, y_nor) for v in t[full].aminmax()]))
-            e = y_nor.sub_(p_nor).abs_()[full]
+            scored = stats.centers.unsqueeze(1).expand_as(y_nor)  # the entries that have an e (full unless "valid")
+            bce = -log_q(x[:, chunk.positions], one_hot_chunk(target, valid, chunk.positions, x.dtype))
+            if has_e:
+                extremes.append(torch.stack([v for t in (p_nor, y_nor) for v in t[scored].aminmax()]))
+            e = y_nor.sub_(p_nor).abs_()[scored]
             f = self._hard(e, e.new_ones((), dtype=torch.bool))
-            sums["bce"] += bce.sum()
+            hard_bce = bce[scored]
+            sums["bce"] += bce[full].sum()
             sums["hard"] += f.sum()
-            sums["ssl"] += (bce * e if self.reweight else bce).mul_(f).sum()
+            sums["ssl"] += (hard_bce * e if self.reweight else hard_bce).mul_(f).sum()
             errors.append(e)
-        extremes = torch.stack(extremes)
-        errors = torch.cat(errors)
-        count = errors.numel()
+        extremes = torch.stack(extremes) if has_e else x.new_zeros(1, 4)
+        errors = torch.cat(errors) if has_e else x.new_zeros(1)
+        count = int(valid.sum()) * x.shape[1]
+        bce_count = count if self.reduction == "entry" else int(valid.sum())
         return (
-            sums["bce"] / count, sums["ssl"] / sums["hard"].clamp(min=1), sums["hard"] / count,
+            sums["bce"] / bce_count, sums["ssl"] / sums["hard"].clamp(min=1), sums["hard"] / count,
             extremes[:, 0].min(), extremes[:, 1].max(), extremes[:, 2].min(), extremes[:, 3].max(),
             errors.max(), errors.mean(), errors.median(),
         )

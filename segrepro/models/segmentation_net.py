@@ -17,6 +17,9 @@ class SegmentationNet(nn.Module):
     ``feature_stride`` and cropped back to the input size. Submodule names
     follow segmentation-models-pytorch (``encoder``, ``decoder``,
     ``segmentation_head``), so an smp state dict loads as is.
+    ``segmentation_head`` is the classifier, the layers that give the logits (DeepLab v2:
+    the ASPP-L branches; v3 / v3+: the 1x1 convolution after the decoder): the head that
+    ``optim.head_lr_mult`` / ``optim.head_bias_lr_mult`` speed up.
 
     ``forward(images, return_features=True)`` also returns the decoder features
     that feed the head (``[N, feature_dim, ceil(H / s), ceil(W / s)]`` with

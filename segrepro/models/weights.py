@@ -21,6 +21,8 @@ from typing import Dict, List
 import torch
 from torch import nn
 
+from ..files import load_torch_file
+
 log = logging.getLogger(__name__)
 
 SHOWN_KEYS = 5
@@ -50,12 +52,7 @@ class WeightsReport:
 def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
     """The state dict stored in ``path`` (raw or under "model"/"state_dict"), ``module.`` prefixes stripped."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model weights file not found: {path}")
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"could not read model weights from {path}: {type(error).__name__}: {error}") from error
+    stored = load_torch_file(path, "model weights file")
     if isinstance(stored, dict):
         for entry in ("model", "state_dict"):
             if isinstance(stored.get(entry), dict):

@@ -1,0 +1,11 @@
+"""``segrepro reproduce table=NAME scale=paper|mini|smoke seeds=N [rows=a,b] [dry_run=true]``: a paper
+table's rows, one ``segrepro train`` (or ``segrepro eval``) per row and seed, and the table with the
+paper's numbers beside ours.
+
+- :mod:`.spec`: the table files of ``experiments/`` and the scales of ``experiments/scales/``;
+- :mod:`.plan`: the runs a table needs, their folders and commands, and whether each has finished;
+- :mod:`.runner`: runs them one subprocess at a time, skipping finished ones, resuming interrupted ones;
+- :mod:`.stats`: mean, std, paired differences with t-intervals, Kendall's tau;
+- :mod:`.report`: ``table.md``, ``table.csv``, ``table.tex``, ``table.png`` and ``runs.json``;
+- :mod:`.command`: the command line.
+"""

@@ -1,0 +1,4 @@
+"""``python -m segrepro.reproduce``: the same as ``segrepro reproduce``."""
+from .command import main
+
+main()

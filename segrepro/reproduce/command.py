@@ -1,0 +1,121 @@
+"""``segrepro reproduce table=NAME [key=value ...]``: run a paper table's rows and write the table.
+
+Options (``key=value``, as the other commands take them; ``rows=ce,ssl3`` is one value):
+
+  table=NAME        a file of experiments/ without .yaml: lad_table1, ..., ssl_table6
+  scale=paper       paper (the recipe as the paper ran it), mini (CamVid on a CPU), smoke (synthetic, tiny):
+                    experiments/scales/<scale>.yaml says what each changes
+  seeds=1           seeds 0 .. N-1 (trainer.seed), one run per row and seed
+  rows=a,b          a subset of the rows (default: all); an evaluation row brings the row it evaluates
+  dry_run=false     true: print the segrepro train / eval command of every run, run nothing
+  root=runs/tables  the runs and the report: <root>/<table>/<scale>/<row>/seed<k>/, the report in
+                    <root>/<table>/<scale>/ (table.md, table.csv, table.tex, table.png, runs.json)
+  camvid_root=      the CamVid copy of scale=mini (default: $CAMVID_ROOT, else data/camvid)
+  experiments=      another folder of table files (default: segrepro's experiments/)
+
+Repeat the command until the table is complete: finished runs are skipped, an interrupted run
+resumes where it stopped. Each run is a subprocess; one that fails does not stop the others.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..config import ConfigError
+from . import plan, report, runner
+from .spec import EXPERIMENTS_DIR, load_scale, load_table, table_names
+
+
+@dataclass
+class Options:
+    table: Optional[str] = None
+    scale: str = "paper"
+    seeds: int = 1
+    rows: Optional[str] = None
+    dry_run: bool = False
+    root: str = "runs/tables"
+    camvid_root: Optional[str] = None
+    experiments: Optional[str] = None
+
+
+def parse(argv: list[str]) -> Options:
+    """``key=value`` words onto :class:`Options` (values typed as in YAML); a :class:`ConfigError`
+    names a bad word or key and lists the valid ones."""
+    valid = [f.name for f in fields(Options)]
+    bad = [word for word in argv if "=" not in word or word.split("=", 1)[0] not in valid]
+    if bad:
+        raise ConfigError(f"{bad[0]!r} is not an option; the options: {', '.join(f'{k}=' for k in valid)}")
+    words = [f"{key}={value}" for key, value in (word.split("=", 1) for word in argv)]
+    try:
+        options = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Options), OmegaConf.from_dotlist(words)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{getattr(exc, 'full_key', None) or 'options'}: {str(exc).splitlines()[0]}") from None
+    if options.table is None:
+        raise ConfigError("table=NAME is needed; the tables: " + ", ".join(table_names(experiments_dir(options))))
+    if options.seeds < 1:
+        raise ConfigError(f"seeds={options.seeds}: at least 1")
+    return options
+
+
+def experiments_dir(options: Options) -> Path:
+    return Path(options.experiments) if options.experiments else EXPERIMENTS_DIR
+
+
+def reproduce(options: Options) -> int:
+    """Print the commands (``dry_run``) or run the table and write its report; the exit code."""
+    directory = experiments_dir(options)
+    table = load_table(options.table, directory)
+    camvid_root = options.camvid_root or os.environ.get("CAMVID_ROOT") or "data/camvid"
+    scale = load_scale(options.scale, camvid_root, directory)
+    seeds = list(range(options.seeds))
+    row_ids = [r for r in options.rows.split(",") if r] if options.rows else None
+    root = Path(options.root)
+    runs = plan.plan(table, scale, seeds, root, row_ids)
+    if options.dry_run:
+        print(f"# {table.name}, scale {scale.name}, {len(runs)} runs ({scale.description})")
+        for run in runs:
+            print(run.command)
+        return 0
+    runner.check_data(runs)
+    print(f"{table.title}: {len(runs)} runs at scale {scale.name} ({scale.description})", flush=True)
+    try:
+        failed = runner.execute(runs, scale.name)
+    finally:
+        everything = plan.plan(table, scale, seeds, root)
+        path = report.write_report(table, scale, seeds, everything, root / table.name / scale.name)
+        print(path.read_text())
+        print(f"written: {path} (and table.csv, table.tex, table.png, runs.json beside it)")
+    if failed:
+        print(f"segrepro reproduce: {len(failed)} of {len(runs)} runs did not finish: "
+              f"{', '.join(run.describe() for run in failed)}; run the same command again to retry them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help", "help"} & set(argv):
+        print(__doc__)
+        print("tables:", ", ".join(table_names()))
+        return
+    try:
+        options = parse(argv)
+    except ConfigError as exc:
+        print(f"segrepro reproduce: config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        code = reproduce(options)
+    except (ConfigError, runner.Stopped) as exc:
+        print(f"segrepro reproduce: error: {exc}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        print("segrepro reproduce: interrupted; the same command resumes the table", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code)

@@ -1,0 +1,121 @@
+"""The runs a table needs: one ``segrepro train`` per training row and seed, one ``segrepro eval`` per
+group of evaluation rows (equal overrides) and seed, each in its own folder
+``<root>/<table>/<scale>/<row>/seed<k>/`` (an evaluation's folder is named by its rows joined with
+``+``; a row with ``runs_of`` uses the other table's folder).
+
+A training run's command is the recipe, the row's overrides, then the scale's (the scale's come
+last: where both set a key, the scale's value is the one used), then the seed, ``trainer.resume=auto``
+and the folder; so the same command starts, resumes and, once finished, would only re-report the
+run. It has finished when the last stage's ``metrics.json`` is at that stage's ``max_iters`` (the
+trainer also writes it at the periodic evaluations). An evaluation has finished when its
+``eval.json`` exists.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..config import check_overrides, compose_config
+from ..engine.checkpoint import CheckpointDir
+from ..train import stage_configs
+from .spec import Row, Scale, Table
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """One subprocess: ``kind`` is the segrepro command (``train`` or ``eval``); ``rows`` are the
+    table's rows it gives a number to; ``needs`` is the training run whose checkpoint an evaluation reads."""
+
+    kind: str
+    rows: tuple[str, ...]
+    seed: int
+    folder: Path
+    overrides: tuple[str, ...]
+    result_file: Path
+    final_step: Optional[int] = None  # training: the last stage's max_iters
+    checkpoint: Optional[Path] = None  # training: the final checkpoint it writes; evaluation: the one it reads
+    stages: tuple = ()  # training: the composed config of each stage (the datasets it reads)
+    needs: Optional["Run"] = None
+
+    @property
+    def command(self) -> str:
+        """The shell command, as a user would type it."""
+        return shlex.join(["segrepro", self.kind, *self.overrides])
+
+    def describe(self) -> str:
+        return f"{'+'.join(self.rows)} seed {self.seed} ({self.kind})"
+
+    def read(self) -> Optional[dict]:
+        """The finished run's metrics (``final`` of the last stage's metrics.json, or eval.json), with
+        ``class_names``; None while it has not finished."""
+        if not self.result_file.is_file():
+            return None
+        data = json.loads(self.result_file.read_text())
+        if self.kind == "eval":
+            return data
+        if data.get("step") != self.final_step or "final" not in data:
+            return None
+        return {**data["final"], "class_names": data.get("class_names")}
+
+    def finished(self) -> bool:
+        return self.read() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(overrides: tuple[str, ...]) -> tuple:
+    """``(stage configs, last stage's folder, its max_iters)`` of a training command's overrides (a
+    :class:`ConfigError` naming a bad one)."""
+    check_overrides(list(overrides))
+    cfg = compose_config(list(overrides))
+    stages = stage_configs(cfg, list(overrides))
+    folder, last = stages[-1]
+    return tuple(stage for _, stage in stages), folder, int(last.trainer.max_iters)
+
+
+def training_run(row: Row, scale: Scale, seed: int, root: Path, rows: tuple[str, ...]) -> Run:
+    table, row_id = row.home
+    folder = Path(root) / table / scale.name / row_id / f"seed{seed}"
+    config = (f"experiment={row.recipe}", *row.overrides, *scale.overrides)
+    stages, stage_folder, final_step = _layout(config)
+    last = folder / stage_folder
+    return Run(kind="train", rows=rows, seed=seed, folder=folder,
+               overrides=(*config, f"trainer.seed={seed}", "trainer.resume=auto", f"hydra.run.dir={folder}"),
+               result_file=last / "metrics.json", final_step=final_step,
+               checkpoint=CheckpointDir(last / "checkpoints").path(final_step), stages=stages)
+
+
+def evaluation_run(rows: Sequence[Row], trained: Run, root: Path, table: Table, scale: Scale) -> Run:
+    ids = tuple(row.id for row in rows)
+    folder = Path(root) / table.name / scale.name / "+".join(ids) / f"seed{trained.seed}"
+    return Run(kind="eval", rows=ids, seed=trained.seed, folder=folder,
+               overrides=(f"checkpoint={trained.checkpoint}", *rows[0].overrides, f"hydra.run.dir={folder}"),
+               result_file=folder / "eval.json", checkpoint=trained.checkpoint, needs=trained)
+
+
+def plan(table: Table, scale: Scale, seeds: Sequence[int], root: Path,
+         row_ids: Optional[Sequence[str]] = None) -> list[Run]:
+    """The runs of ``row_ids`` (all rows by default; an evaluation row brings the row it evaluates),
+    seed by seed, each evaluation after the training it reads."""
+    chosen = [table.row(r) for r in row_ids] if row_ids else list(table.rows)
+    wanted = {row.id for row in chosen} | {row.evaluates for row in chosen if not row.trains}
+    training = [row for row in table.rows if row.trains and row.id in wanted]
+    chosen_groups = {(row.evaluates, row.overrides) for row in chosen if not row.trains}
+    groups: dict[tuple, list[Row]] = {}
+    for row in table.rows:  # every evaluation row of a chosen group: one pass gives them all
+        if (row.evaluates, row.overrides) in chosen_groups:
+            groups.setdefault((row.evaluates, row.overrides), []).append(row)
+    runs = []
+    for seed in seeds:
+        by_home: dict[tuple, Run] = {}
+        for row in training:
+            if row.home not in by_home:
+                rows = tuple(r.id for r in training if r.home == row.home)
+                by_home[row.home] = training_run(row, scale, seed, root, rows)
+        runs += by_home.values()
+        for (evaluated, _), rows in groups.items():
+            runs.append(evaluation_run(rows, by_home[table.row(evaluated).home], root, table, scale))
+    return runs

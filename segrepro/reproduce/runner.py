@@ -1,0 +1,139 @@
+"""Running a table's runs: each one a subprocess (``python -m segrepro.train ...`` or
+``segrepro.evaluate``), so a run that crashes ends only itself and the table goes on with the next,
+every run starts from a clean process (memory, Hydra's state), and the command that runs is the one
+``dry_run=true`` prints. Finished runs are skipped; an interrupted one resumes (``trainer.resume=auto``
+in its command). Before any training, :func:`check_data` builds every dataset the unfinished runs
+read, so a missing dataset stops the table at once with the dataset's message (which names the
+prepare command) on one line.
+
+Each run folder gets ``reproduce.json``: the command, the scale, the git commit and time of each
+start, and the seconds and time of the finish.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from ..cli import COMMANDS
+from ..config import ConfigError
+from ..data import build_dataset
+from ..engine.preemption import Preempted
+from ..files import write_json
+from .plan import Run
+
+RECORD = "reproduce.json"
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Stopped(Exception):
+    """The table stopped before its last run (Ctrl-C, or a preempted run): the same command resumes it."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def one_line(message: str) -> str:
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def check_data(runs: Sequence[Run]) -> None:
+    """Build the train and validation datasets of every stage of the unfinished training runs (each
+    once); a :class:`ConfigError` on one line naming the row if one cannot be read."""
+    seen = set()
+    for run in runs:
+        if run.kind != "train" or run.finished():
+            continue
+        for cfg in run.stages:
+            for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
+                key = (OmegaConf.to_yaml(cfg.data), split)
+                if key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    build_dataset(cfg.data, split, train=False)
+                except (ValueError, OSError) as exc:
+                    raise ConfigError(f"{run.describe()} reads {cfg.data.name} {split}: {one_line(exc)}") from None
+
+
+def git_commit() -> Optional[str]:
+    """The checkout's commit, ``+dirty`` when tracked files differ from it; None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def read_record(run: Run) -> dict:
+    """The run folder's ``reproduce.json``; ``{}`` if it has none (e.g. a run started by hand from
+    a ``dry_run`` command)."""
+    path = run.folder / RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def launch(run: Run) -> int:
+    """Run ``run`` as a subprocess of this Python (its output goes to this terminal); its exit code."""
+    return subprocess.run([sys.executable, "-m", COMMANDS[run.kind][0], *run.overrides]).returncode
+
+
+def duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "unknown"
+    minutes = seconds / 60
+    return f"{seconds:.0f} s" if seconds < 90 else f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def execute(runs: Sequence[Run], scale: str, say: Callable[[str], None] = print) -> list[Run]:
+    """Run every unfinished run in order, one progress line each (row, seed, runs left, ETA); the
+    runs that failed. :class:`Stopped` on Ctrl-C or a preempted run."""
+    commit = git_commit()
+    left = sum(not run.finished() for run in runs)
+    seconds: list[float] = []
+    failed = []
+    for index, run in enumerate(runs, start=1):
+        head = f"[{index}/{len(runs)}] {run.describe()}"
+        if run.finished():
+            say(f"{head}: finished, skipped")
+            continue
+        left -= 1
+        if run.needs is not None and not run.needs.finished():
+            say(f"{head}: not run, {run.needs.describe()} has not finished")
+            failed.append(run)
+            continue
+        eta = statistics.mean(seconds) * (left + 1) if seconds else None
+        say(f"{head}: running, {left} left after it, ETA {duration(eta)}; {run.folder}")
+        record = read_record(run) or {"rows": list(run.rows), "seed": run.seed, "scale": scale,
+                                      "command": run.command, "starts": []}
+        record["starts"].append({"commit": commit, "time": now()})
+        write_json(record, run.folder / RECORD)
+        start = time.monotonic()
+        try:
+            code = launch(run)
+        except KeyboardInterrupt:
+            raise Stopped(f"interrupted during {run.describe()}; the same command resumes it", 130) from None
+        if code == Preempted.exit_code:
+            raise Stopped(f"{run.describe()} was preempted (a checkpoint was written); the same command resumes it",
+                          code)
+        if code != 0 or not run.finished():
+            say(f"{head}: failed (exit code {code}); going on with the next run")
+            failed.append(run)
+            continue
+        seconds.append(time.monotonic() - start)
+        write_json({**record, "seconds": round(seconds[-1], 1), "finished": now()}, run.folder / RECORD)
+    return failed

@@ -1,0 +1,174 @@
+"""``segrepro reproduce``: the commands of a dry run, the option and dataset errors, the report from
+run folders written by hand, and a smoke table end to end (slow: four tiny training subprocesses)."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+
+from segrepro import cli
+from segrepro.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
+from segrepro.reproduce import plan, report, runner
+from segrepro.reproduce.spec import load_scale, load_table
+
+
+def reproduce(monkeypatch, *args) -> int:
+    """``segrepro reproduce ARGS`` through the console script's dispatch; its exit code."""
+    monkeypatch.setattr(sys, "argv", ["segrepro", "reproduce", *args])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    return stop.value.code
+
+
+def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "tables"
+    monkeypatch.setattr(runner, "launch", lambda run: pytest.fail("a dry run ran something"))
+    assert reproduce(monkeypatch, "table=ssl_table5", "seeds=2", "dry_run=true", f"root={root}") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# ssl_table5, scale paper, 14 runs")
+    commands = lines[1:]
+    assert len(commands) == 14 and not root.exists()
+    assert commands[0] == (f"segrepro train experiment=ssl/voc_deeplabv3_crop321 loss=ce trainer.seed=0 "
+                           f"trainer.resume=auto hydra.run.dir={root}/ssl_table5/paper/ce/seed0")
+    # the three CRF rows: one evaluation per seed of the CE run's final checkpoint, after that run
+    evals = [c for c in commands if c.startswith("segrepro eval")]
+    assert evals[1] == (f"segrepro eval checkpoint={root}/ssl_table5/paper/ce/seed1/stage2-finetune/checkpoints/"
+                        f"step_0020000.pt crf=dense 'crf.steps=[1,2,5]' "
+                        f"hydra.run.dir={root}/ssl_table5/paper/crf1+crf2+crf5/seed1")
+    assert commands.index(evals[0]) > commands.index(commands[0]) and len(evals) == 2
+
+
+def test_dry_run_of_a_subset_at_scale_mini(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CAMVID_ROOT", "/copies/camvid")
+    assert reproduce(monkeypatch, "table=ssl_table3", "scale=mini", "rows=full,beta0.06", "dry_run=true",
+                     f"root={tmp_path}") == 0
+    commands = capsys.readouterr().out.splitlines()[1:]
+    scale = " ".join(load_scale("mini", "/copies/camvid").overrides).replace("stages=[]", "'stages=[]'")
+    assert commands == [
+        f"segrepro train experiment=ssl/voc_deeplabv3 loss=ssl loss.region_size=3 loss.beta=0.06 {scale} "
+        f"trainer.seed=0 trainer.resume=auto hydra.run.dir={tmp_path}/ssl_table3/mini/beta0.06/seed0",
+        # "full" is SSL Table 2's ssl3: its runs, in that table's folder
+        f"segrepro train experiment=ssl/voc_deeplabv3 loss=ssl loss.region_size=3 {scale} "
+        f"trainer.seed=0 trainer.resume=auto hydra.run.dir={tmp_path}/ssl_table2/mini/ssl3/seed0"]
+    assert "data.root=/copies/camvid" in commands[0]
+    reproduce(monkeypatch, "table=lad_table2", "scale=mini", "rows=ce", "dry_run=true", "camvid_root=/mine")
+    assert "data.root=/mine " in capsys.readouterr().out  # the option wins over the variable
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["table=ssl_table2", "rows=ce,nope"], 1, "ssl_table2 has no row 'nope'; its rows: ce, bce"),
+    (["table=ssl_table2", "seedz=2"], 2, "'seedz=2' is not an option; the options: table=, scale=, seeds="),
+    (["table=ssl_table2", "seeds=two"], 2, "seeds: Value 'two' of type 'str' could not be converted to Integer"),
+    (["scale=mini"], 2, "table=NAME is needed; the tables: lad_table1, lad_table2, ssl_table1"),
+    (["table=ssl_table9"], 1, "there is no table 'ssl_table9'"),
+    (["table=ssl_table2", "scale=huge"], 1, "the scales: mini, paper, smoke"),
+    (["table=ssl_fig3"], 1, "drawing the figures is not written yet"),
+])
+def test_bad_options_are_one_line_errors(monkeypatch, capsys, args, code, message):
+    assert reproduce(monkeypatch, *args, "dry_run=true") == code
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_dataset_stops_the_table_before_any_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no data/voc here
+    monkeypatch.setattr(runner, "launch", lambda run: pytest.fail("trained without its dataset"))
+    assert reproduce(monkeypatch, "table=lad_table2", "rows=ce,lad5", "seeds=2") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("segrepro reproduce: error: ce seed 0 (train) reads voc trainaug: VOC root not found")
+    assert "scripts/prepare_voc.py" in err and not (tmp_path / "runs").exists()
+
+
+def table_lines(text: str) -> dict:
+    """The first table of a table.md: ``{row id: line}``."""
+    lines = {}
+    for line in text.split("\n\n## Runs")[0].splitlines():
+        if line.startswith("| ") and not line.startswith("| row "):
+            lines[line.split(" | ")[0].strip("| ")] = line
+    return lines
+
+
+def finish(run, miou: float, class_names=("a", "b"), step=None) -> None:
+    """Write the metrics.json a finished (or, with ``step``, unfinished) training leaves."""
+    run.result_file.parent.mkdir(parents=True, exist_ok=True)
+    iou = [miou / 100] * len(class_names)
+    run.result_file.write_text(json.dumps({"step": run.final_step if step is None else step, "class_names":
+                                           list(class_names), "final": {"miou": miou / 100, "iou": iou}}))
+
+
+def test_report_of_finished_missing_and_unfinished_runs(tmp_path):
+    table, scale = load_table("ssl_table2"), load_scale("smoke", "unused")
+    runs = plan.plan(table, scale, [0, 1], tmp_path)
+    run = {(r.rows[0], r.seed): r for r in runs}
+    for (row, seed), miou in {("ce", 0): 40.0, ("ce", 1): 42.0, ("ssl3", 0): 41.0, ("ssl3", 1): 45.0,
+                              ("ssl1", 0): 39.0}.items():
+        finish(run[row, seed], miou)
+    finish(run["ssl1", 1], 50.0, step=1)  # stopped at step 1 of 2: not a result
+    path = report.write_report(table, scale, [0, 1], runs, tmp_path / "out")
+    text = path.read_text()
+    lines = table_lines(text)
+    assert "| ce | DeepLabv3 CE | 76.33 | 41.00 ± 1.41 (n=2) | -35.33 | baseline |" in lines["ce"]
+    # ssl3 - ce by seed: 1, 3: mean 2, sd sqrt(2), t(0.975, 1) = 12.706: [-10.71, +14.71]; the paper's +2.13
+    assert "| 43.00 ± 2.83 (n=2) | -35.46 | +2.00 [-10.71, +14.71] (n=2) | +2.13 | yes |" in lines["ssl3"]
+    assert "| 39.00 (n=1) | -37.66 | -1.00 (n=1) | +0.33 | no |" in lines["ssl1"]
+    assert "| 76.80 | missing |  |  | +0.47 |  |" in lines["bce"]
+    # paper: ce < ssl1 < ssl3; ours: ssl1 < ce < ssl3: one discordant pair of three
+    assert "Kendall's tau between the paper's values and ours: 0.33 over 3 rows" in text
+    assert "| plus_ce | DeepLabv3+ CE | 78.12 | missing |  | baseline |" in lines["plus_ce"]
+    assert "| ssl1 | 1 | unfinished |" in text and "| bce | 0 | not run |" in text
+    with open(tmp_path / "out" / "table.csv", newline="") as file:
+        rows = {r["row"]: r for r in csv.DictReader(file)}
+    assert (rows["ssl3"]["mean"], rows["ssl3"]["delta_low95"], rows["ssl3"]["seed1"]) == ("43.0000", "-10.7062",
+                                                                                          "45.0000")
+    assert (rows["bce"]["mean"], rows["bce"]["n"], rows["ssl1"]["seed1"]) == ("", "", "")
+    tex = (tmp_path / "out" / "table.tex").read_text()
+    assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
+    assert r"DeepLabv3 CE$^\dagger$ & 76.33 & $41.00 \pm 1.41$ & $-35.33$" in tex
+    assert (tmp_path / "out" / "table.png").read_bytes()[:4] == b"\x89PNG"
+    record = json.loads((tmp_path / "out" / "runs.json").read_text())
+    assert record["scale"]["overrides"] == list(scale.overrides)
+    first = record["runs"][0]
+    assert first["rows"] == ["ce"] and first["status"] == "finished" and first["values"] == {"ce": 40.0}
+    assert first["command"].startswith("segrepro train experiment=ssl/voc_deeplabv3 loss=ce data=synthetic")
+
+
+def test_per_class_report_when_the_classes_are_the_papers(tmp_path):
+    table, scale = load_table("ssl_table4"), load_scale("smoke", "unused")
+    runs = plan.plan(table, scale, [0], tmp_path)
+    assert [r.folder for r in runs] == [tmp_path / "ssl_table6" / "smoke" / row / "seed0" for row in ("ce", "ssl3")]
+    finish(runs[0], 70.0, CITYSCAPES_CLASSES)
+    text = report.markdown(table, scale, [0], report.results(table, runs, [0]), runs)
+    assert "| road | 97.97 | 70.00 | 97.95 | missing |" in text
+    finish(runs[0], 70.0, ("sky", "building"))  # another dataset's classes
+    text = report.markdown(table, scale, [0], report.results(table, runs, [0]), runs)
+    assert "Per class: the runs' classes (2: sky, building, ...) are not the paper's; not compared." in text
+
+
+@pytest.mark.slow
+def test_a_smoke_table_end_to_end_and_again(tmp_path, monkeypatch, capsys):
+    """Two rows x two seeds of SSL Table 2 on the synthetic data: four training subprocesses, the
+    report with the paper's numbers; the same command again trains nothing."""
+    root = tmp_path / "tables"
+    args = ["table=ssl_table2", "scale=smoke", "seeds=2", "rows=ce,ssl3", f"root={root}"]
+    assert reproduce(monkeypatch, *args) == 0
+    out = capsys.readouterr().out
+    assert "[1/4] ce seed 0 (train): running, 3 left after it, ETA unknown" in out
+    assert "[4/4] ssl3 seed 1 (train): running, 0 left after it, ETA " in out
+    folder = root / "ssl_table2" / "smoke"
+    assert sorted(p.name for p in folder.iterdir()) == ["ce", "runs.json", "ssl3", "table.csv", "table.md",
+                                                         "table.png", "table.tex"]
+    text = (folder / "table.md").read_text()
+    for row, paper in (("ce", "76.33"), ("ssl3", "78.46"), ("bce", "76.80"), ("plus_ssl3", "80.63")):
+        assert f"| {row} | " in text and f" | {paper} | " in text
+    lines = table_lines(text)
+    assert "(n=2)" in lines["ce"] and "(n=2)" in lines["ssl3"] and "| missing |" in lines["bce"]
+    record = json.loads((folder / "ce" / "seed1" / "reproduce.json").read_text())
+    assert record["command"].endswith(f"trainer.seed=1 trainer.resume=auto hydra.run.dir={folder}/ce/seed1")
+    assert len(record["starts"]) == 1 and record["seconds"] > 0
+
+    monkeypatch.setattr(runner, "launch", lambda run: pytest.fail(f"{run.describe()} ran again"))
+    assert reproduce(monkeypatch, *args) == 0
+    assert capsys.readouterr().out.count(": finished, skipped") == 4
