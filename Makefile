@@ -11,8 +11,13 @@ STAMP   := $(VENV)/.segrepro-installed
 CONSTRAINTS ?= constraints.txt
 INSTALLER   ?= auto
 ARGS    ?=
+# the paper tables: `make table-ssl-2 SCALE=mini SEEDS=3 ROWS=ce,ssl3` (segrepro reproduce; README)
+SCALE   ?= paper
+SEEDS   ?= 1
+ROWS    ?=
+TABLE_TARGETS := table-lad-1 table-lad-2 table-ssl-1 table-ssl-2 table-ssl-3 table-ssl-4 table-ssl-5 table-ssl-6
 
-.PHONY: install constraints demo test test-fast bench-losses bench-crf gpu-check tensorboard clean
+.PHONY: install constraints demo test test-fast bench-losses bench-crf gpu-check tensorboard clean tables $(TABLE_TARGETS)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) .ci/install.py
 	$(PYTHON) .ci/install.py --venv $(VENV) --constraints '$(CONSTRAINTS)' --installer $(INSTALLER)
@@ -46,6 +51,12 @@ bench-crf: $(STAMP)  ## dense-CRF seconds per image (VOC size, one core) and thr
 
 gpu-check: $(STAMP)  ## the GPU check of issue 17, about 8 minutes on one GPU (ARGS="--device cpu --small": the CPU dry run)
 	PYTHON=$(PY) bash scripts/gpu_check.sh $(ARGS)
+
+# table-lad-1 -> segrepro reproduce table=lad_table1, ..., table-ssl-6 -> table=ssl_table6
+$(TABLE_TARGETS): table-%: $(STAMP)  ## one paper table: SCALE=paper|mini|smoke, SEEDS=N, ROWS=a,b (runs/tables/<table>/<scale>/)
+	$(VENV)/bin/segrepro reproduce table=$(subst -,_table,$*) scale=$(SCALE) seeds=$(SEEDS) $(if $(ROWS),rows=$(ROWS)) $(ARGS)
+
+tables: $(TABLE_TARGETS)  ## every paper table, one after the other (make -k tables: go on past a table that stops)
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir runs

@@ -1,11 +1,14 @@
 """torch.distributed set-up for torchrun: nothing home-made, one process per device."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +45,11 @@ def init_distributed(preference: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(preference, local_rank)
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and rank == 0 \
+            and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
+        log.warning("torchrun --max-restarts without TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: a restarted group can "
+                    "read its predecessor's addresses from torchrun's shared store and fail to connect "
+                    "(pytorch/pytorch#135712); launch as TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun ...")
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -281,7 +281,7 @@ def plot(table: Table, scale: Scale, rows: Sequence[RowResult], path: Path) -> N
     right.axvline(0, color="0.5", linewidth=0.8)
     left.set_yticks(ys, [r.row.id + (" (baseline)" if r.is_baseline else "") for r in rows])
     left.invert_yaxis()
-    left.set_xlabel(table.metric)
+    left.set_xlabel("mIoU (%)")
     right.set_xlabel("minus the baseline (mIoU points)")
     for axis in (left, right):
         axis.legend(fontsize=8, loc="best")
