@@ -14,7 +14,7 @@ import sys
 COMMANDS = {
     "train": ("segrepro.train", "train a model (every stage of a recipe), evaluate it, print the IoU table"),
     "eval": ("segrepro.evaluate", "evaluate a checkpoint with its own config: segrepro eval checkpoint=PATH"),
-    "reproduce": ("segrepro.reproduce.command", "run a paper table's rows and write it beside the paper's numbers: "
+    "reproduce": ("segrepro.reproduce.command", "run a paper table's rows, ours beside the paper's numbers: "
                   "segrepro reproduce table=ssl_table2"),
 }
 HYDRA_COMMANDS = ("train", "eval")  # reproduce takes key=value options of its own, not Hydra's

@@ -186,7 +186,7 @@ def test_the_scales_compose_with_every_recipe_and_keep_the_loss(scale_name):
         assert (cfg.model.encoder, cfg.model.pretrained, list(cfg.stages)) == ("resnet18", False, [])
         if scale_name == "mini":
             assert (cfg.data.name, cfg.data.root, cfg.data.dataset.scale) == ("camvid", "/data/camvid", 0.5)
-            assert (cfg.trainer.max_iters, cfg.optim.lr, cfg.trainer.freeze_bn) == (400, 0.01, False)
+            assert (cfg.trainer.max_iters, cfg.optim.lr, cfg.trainer.freeze_bn) == (300, 0.01, False)
         else:
             assert (cfg.data.name, cfg.data.crop_size, cfg.trainer.device, cfg.trainer.max_iters) == \
                 ("synthetic", 33, "cpu", 2)

@@ -66,3 +66,45 @@ def test_a_mistyped_resume_says_what_is_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"trainer.resume=autp: no such checkpoint file; expected auto"):
         resume_checkpoint("autp", tmp_path)
     assert resume_checkpoint("auto", tmp_path) is None and resume_checkpoint(None, tmp_path) is None
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and an empty Hugging Face cache: any ImageNet download fails."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+
+
+@pytest.fixture
+def pretrained_checkpoint(tiny_cfg, tmp_path):
+    """A tiny run's checkpoint whose saved config asks for ImageNet weights, as every paper recipe's does."""
+    from segrepro.train import run
+
+    run(tiny_cfg("trainer.max_iters=1", "trainer.eval_every=0"), tmp_path / "run", [])
+    path = tmp_path / "run" / "checkpoints" / "step_0000001.pt"
+    state = load_checkpoint(path)
+    state["config"]["model"]["pretrained"] = True
+    torch.save(state, path)
+    return path
+
+
+def test_eval_of_a_pretrained_config_downloads_nothing_and_trains_nothing(
+        pretrained_checkpoint, offline, tmp_path, caplog):
+    cfg = compose_config([f"checkpoint={pretrained_checkpoint}"], "eval")
+    with caplog.at_level("WARNING"):
+        metrics = evaluate_checkpoint(cfg, tmp_path / "eval", [])
+    assert 0 <= metrics["miou"] <= 1
+    assert "from scratch" not in caplog.text and "ImageNet" not in caplog.text
+
+
+def test_a_stage_started_from_a_checkpoint_downloads_nothing(pretrained_checkpoint, offline, tiny_cfg, tmp_path):
+    from segrepro.engine.build import build_training
+    from segrepro.engine.distributed import init_distributed
+    from segrepro.models.build import PretrainedWeightsError
+
+    cfg = tiny_cfg("model.pretrained=true", f"trainer.init_from={pretrained_checkpoint}")
+    build_training(cfg, tmp_path / "stage2", init_distributed("cpu")).writer.close()
+    with pytest.raises(PretrainedWeightsError):  # the same config without a checkpoint stops before training
+        build_training(tiny_cfg("model.pretrained=true"), tmp_path / "fresh", init_distributed("cpu"))

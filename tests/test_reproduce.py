@@ -118,7 +118,8 @@ def test_report_of_finished_missing_and_unfinished_runs(tmp_path):
     # paper: ce < ssl1 < ssl3; ours: ssl1 < ce < ssl3: one discordant pair of three
     assert "Kendall's tau between the paper's values and ours: 0.33 over 3 rows" in text
     assert "| plus_ce | DeepLabv3+ CE | 78.12 | missing |  | baseline |" in lines["plus_ce"]
-    assert "| ssl1 | 1 | unfinished |" in text and "| bce | 0 | not run |" in text
+    assert "| ssl1 | 1 | unfinished |" in text and "| bce | 0 |" not in text
+    assert "30 of the 36 runs not started yet (their commands: runs.json)." in text
     with open(tmp_path / "out" / "table.csv", newline="") as file:
         rows = {r["row"]: r for r in csv.DictReader(file)}
     assert (rows["ssl3"]["mean"], rows["ssl3"]["delta_low95"], rows["ssl3"]["seed1"]) == ("43.0000", "-10.7062",
@@ -132,6 +133,7 @@ def test_report_of_finished_missing_and_unfinished_runs(tmp_path):
     assert record["scale"]["overrides"] == list(scale.overrides)
     first = record["runs"][0]
     assert first["rows"] == ["ce"] and first["status"] == "finished" and first["values"] == {"ce": 40.0}
+    assert record["runs"][1]["status"] == "not run" and record["runs"][1]["values"] == {"bce": None}
     assert first["command"].startswith("segrepro train experiment=ssl/voc_deeplabv3 loss=ce data=synthetic")
 
 

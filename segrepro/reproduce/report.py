@@ -159,11 +159,13 @@ def markdown(table: Table, scale: Scale, seeds: Sequence[int], rows: Sequence[Ro
               "commands are in runs.json.", "",
               "| row | overrides |", "|---|---|"]
     lines += [f"| {r.row.id} | {row_command(r.row, table)} |" for r in rows]
+    started = [run for run in runs if run_status(run) != "not run"]
     lines += ["", "| rows | seed | status | commit | seconds | folder |", "|---|---|---|---|---:|---|"]
-    for run in runs:
-        record = read_record(run)
+    for run in started:
         lines.append(f"| {'+'.join(run.rows)} | {run.seed} | {run_status(run)} | {', '.join(commits(run))} | "
-                     f"{record.get('seconds', '')} | {run.folder} |")
+                     f"{read_record(run).get('seconds', '')} | {run.folder} |")
+    if len(started) < len(runs):
+        lines += ["", f"{len(runs) - len(started)} of the {len(runs)} runs not started yet (their commands: runs.json)."]
     return "\n".join(lines) + "\n"
 
 
@@ -244,7 +246,7 @@ def tex(table: Table, scale: Scale, rows: Sequence[RowResult]) -> str:
             f" [${d.low:+.2f}$, ${d.high:+.2f}$]" if d.low is not None else "")
         lines.append(f"{label} & {r.row.paper:.2f} & {ours} & {signed(r.minus_paper)} & {delta} & "
                      f"{signed(r.paper_delta)} \\\\")
-    lines += [r"\bottomrule", r"\end{tabular}", rf"% $^\dagger$ baseline; $\Delta$: minus the baseline, paired by seed"]
+    lines += [r"\bottomrule", r"\end{tabular}", r"% $^\dagger$ baseline; $\Delta$: minus the baseline, paired by seed"]
     return "\n".join(lines) + "\n"
 
 

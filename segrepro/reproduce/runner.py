@@ -17,8 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from omegaconf import OmegaConf
 
@@ -28,9 +27,9 @@ from ..data import build_dataset
 from ..engine.preemption import Preempted
 from ..files import write_json
 from .plan import Run
+from .spec import REPO
 
 RECORD = "reproduce.json"
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Stopped(Exception):
@@ -99,7 +98,11 @@ def duration(seconds: Optional[float]) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
-def execute(runs: Sequence[Run], scale: str, say: Callable[[str], None] = print) -> list[Run]:
+def say(line: str) -> None:
+    print(line, flush=True)  # before the subprocess writes to the same terminal or pipe
+
+
+def execute(runs: Sequence[Run], scale: str) -> list[Run]:
     """Run every unfinished run in order, one progress line each (row, seed, runs left, ETA); the
     runs that failed. :class:`Stopped` on Ctrl-C or a preempted run."""
     commit = git_commit()

@@ -20,17 +20,10 @@ from omegaconf import OmegaConf
 from ..config import ConfigError
 
 
-def _find_experiments_dir() -> Path:
-    """``segrepro/experiments`` inside an installed package, else ``experiments/`` beside the
-    package (a source checkout, an editable install)."""
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package / "experiments", package.parent / "experiments"):
-        if candidate.is_dir():
-            return candidate
-    return package.parent / "experiments"
-
-
-EXPERIMENTS_DIR = _find_experiments_dir()
+# the checkout's top folder (a source checkout or an editable install; a wheel does not carry
+# experiments/: point experiments=PATH at a copy)
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENTS_DIR = REPO / "experiments"
 
 TABLE_KEYS = {"title", "paper", "table", "metric", "recipe", "baseline", "rows", "cited"}
 ROW_KEYS = {"id", "label", "paper", "overrides", "recipe", "baseline", "evaluates", "result", "runs_of",
