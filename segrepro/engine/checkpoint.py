@@ -111,8 +111,9 @@ class CheckpointDir:
             existing = next(p for p in (self.folder, *self.folder.parents) if p.exists())
             free = shutil.disk_usage(existing).free
             kept = self.latest()
+            reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+            if kept is not None and free < kept.stat().st_size:
+                reason = f"the disk is full: less free space than one checkpoint ({reason})"
             raise CheckpointWriteError(
-                f"cannot write checkpoint {path.name} into {self.folder}: "
-                f"{getattr(error, 'strerror', None) or str(error).splitlines()[0]}; "
-                f"{free / 2**20:.1f} MiB free there. The previous checkpoint is intact: "
-                f"{kept or 'none (no checkpoint was written yet)'}") from None
+                f"cannot write checkpoint {path.name} into {self.folder}: {reason}; {free / 2**20:.1f} MiB free "
+                f"there. The previous checkpoint is intact: {kept or 'none (no checkpoint was written yet)'}") from None
