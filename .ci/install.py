@@ -8,7 +8,7 @@ The venv is made with ``python -m venv`` when it is missing (so it has pip). ``-
 (the default) installs with uv: the one on PATH, or else the version pinned in the constraints
 file, installed into the venv with pip (a few seconds); uv is handed pip's package-index
 settings (index-url, extra-index-url, find-links: pip's config files and PIP_* variables), so
-both read the same indexes. When uv cannot be had or its install fails, pip installs (the
+both read the same indexes, and compiles the bytecode as pip does. When uv cannot be had or its install fails, pip installs (the
 fallback; ``--installer pip`` asks for it). ``--constraints ''`` installs without the locked set
 (against a torch of your own, already in the venv).
 """
@@ -88,7 +88,9 @@ def main() -> int:
     if args.installer != "pip":
         uv = find_uv(python, constraints)
         if uv is not None:
-            if run([uv, "pip", "install", "--python", python, *pip_index_flags(python),
+            # --compile-bytecode: as pip does; without .pyc files (and with PYTHONDONTWRITEBYTECODE set)
+            # every process would compile torch's Python sources again at import
+            if run([uv, "pip", "install", "--python", python, "--compile-bytecode", *pip_index_flags(python),
                     *with_constraints, "-e", TARGET]) == 0:
                 return 0
             print("install: uv failed; installing with pip", file=sys.stderr)
