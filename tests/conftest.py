@@ -31,3 +31,18 @@ def batch_strategy(request):
 
     with strategy(request.param):
         yield request.param
+
+
+def crash_in_step(monkeypatch, step: int) -> None:
+    """Make the trainer raise KeyboardInterrupt when step ``step`` (1-based) starts, as if the machine
+    went away then; ``monkeypatch.undo()`` restores the trainer."""
+    from segrepro.engine.trainer import Trainer
+
+    train_step = Trainer.train_step
+
+    def crashing(self, images, labels):
+        if self.step == step - 1:
+            raise KeyboardInterrupt
+        return train_step(self, images, labels)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing)

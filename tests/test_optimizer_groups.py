@@ -9,9 +9,10 @@ from segrepro.config import OptimConfig, compose_config
 from segrepro.engine.build import build_optimizer
 from segrepro.engine.checkpoint import load_checkpoint
 from segrepro.engine.schedule import poly_lr_scheduler
-from segrepro.engine.trainer import Trainer
 from segrepro.models import build_model
 from segrepro.train import run
+
+from .conftest import crash_in_step
 
 # An experiment at a size a test can build: its model on resnet18, no download, no multi-grid.
 SMALL = ["model.encoder=resnet18", "model.pretrained=false", "model.multi_grid=null", "model.decoder_channels=16"]
@@ -97,14 +98,7 @@ def test_resume_with_head_groups_equals_the_uninterrupted_run(tiny_cfg, tmp_path
     common = ("trainer.max_iters=4", "trainer.ckpt_every=2", "trainer.eval_every=0", "trainer.keep_last=5",
               "optim.head_lr_mult=10", "optim.head_bias_lr_mult=20", "optim.warmup_iters=1")
     run(tiny_cfg(*common), tmp_path / "straight", [])
-    train_step = Trainer.train_step
-
-    def crash_at_step_3(self, images, labels):
-        if self.step == 2:
-            raise KeyboardInterrupt
-        return train_step(self, images, labels)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_3)
+    crash_in_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_cfg(*common), tmp_path / "resumed", [])
     monkeypatch.undo()

@@ -12,24 +12,12 @@ from omegaconf import OmegaConf
 from segrepro.config import ConfigError, compose_config
 from segrepro.engine.checkpoint import load_checkpoint
 from segrepro.engine.run_config import config_changes, resumed_config, typed_keys, write_run_config
-from segrepro.engine.trainer import Trainer
 from segrepro.train import run
 
-from .conftest import TINY
+from .conftest import TINY, crash_in_step
 
 COMMON = ("trainer.max_iters=6", "trainer.ckpt_every=3", "trainer.eval_every=0", "trainer.keep_last=5",
           "trainer.progress=false")
-
-
-def crash_during_step_5(monkeypatch):
-    train_step = Trainer.train_step
-
-    def crashing(self, images, labels):
-        if self.step == 4:
-            raise KeyboardInterrupt
-        return train_step(self, images, labels)
-
-    monkeypatch.setattr(Trainer, "train_step", crashing)
 
 
 def test_typed_keys_are_the_changed_leaves_and_every_named_key():
@@ -54,7 +42,7 @@ def test_fresh_folder_or_no_resume_keeps_the_given_config(tiny_cfg, tmp_path):
 @pytest.mark.slow
 def test_resume_without_overrides_continues_the_saved_run_bitwise(tiny_cfg, tmp_path, monkeypatch):
     run(tiny_cfg(*COMMON), tmp_path / "straight", [])
-    crash_during_step_5(monkeypatch)
+    crash_in_step(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_cfg(*COMMON), tmp_path / "resumed", [])
     monkeypatch.undo()
@@ -85,7 +73,7 @@ def test_resume_with_a_changed_value_is_refused_naming_it(tiny_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_an_allowed_change_is_applied_and_recorded_beside_config_yaml(tiny_cfg, tmp_path, monkeypatch):
-    crash_during_step_5(monkeypatch)
+    crash_in_step(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_cfg(*COMMON), tmp_path, [])
     monkeypatch.undo()
