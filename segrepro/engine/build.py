@@ -21,7 +21,6 @@ from ..models.build import has_image_pooling
 from .checkpoint import resume_checkpoint
 from .distributed import DistInfo
 from .evaluator import Evaluator
-from .preemption import STOP_SIGNALS
 from .schedule import poly_lr_scheduler
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -141,11 +140,11 @@ def check_batchnorm_batch(cfg, world_size: int) -> None:
         "of them), trainer.freeze_bn=true (BN at its running statistics), or a larger data.batch_size.")
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """A loader worker lets SIGTERM / SIGUSR1 pass (a cluster signals every process of the job): the
-    training process checkpoints and stops, and its workers end with it."""
-    for number in STOP_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
+def ignore_usr1(worker_id: int) -> None:
+    """A loader worker ignores SIGUSR1, which SLURM's ``--signal`` sends to every process of the job: the
+    training process checkpoints and stops, and its workers end with it. SIGTERM keeps its default
+    action: the loader ends a stuck worker with it when it shuts down."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def build_train_loader(dataset, data_cfg, rank: int, world_size: int, seed: int, device: torch.device):
@@ -156,7 +155,7 @@ def build_train_loader(dataset, data_cfg, rank: int, world_size: int, seed: int,
         raise ValueError(f"the training split has {len(dataset)} images: fewer than one batch of {batch} per process")
     workers = int(data_cfg.num_workers)
     loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch, sampler=sampler, drop_last=True,
-                        num_workers=workers, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
+                        num_workers=workers, persistent_workers=workers > 0, worker_init_fn=ignore_usr1,
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
     return loader, sampler
 
