@@ -40,7 +40,7 @@ demo: $(STAMP)  ## train DeepLabV3+ ResNet-18 on synthetic data (CPU), evaluate,
 test: $(STAMP)  ## the whole pytest suite
 	$(VENV)/bin/pytest $(ARGS)
 
-test-fast: $(STAMP)  ## the suite without the tests marked slow (subprocesses, long training runs): well under a minute
+test-fast: $(STAMP)  ## the suite without the tests marked slow (subprocesses, long training runs): about 2.5 minutes
 	$(VENV)/bin/pytest -m "not slow" $(ARGS)
 
 bench-losses: $(STAMP)  ## time and memory of every loss against CE (add ARGS="--device cuda" on a GPU); glibc keeps freed memory

@@ -195,7 +195,9 @@ def build_training(cfg, run_dir, dist_info: DistInfo) -> TrainingParts:
     evaluator = build_evaluator(cfg, dist_info, autocast)
 
     # resuming, or starting from a previous stage's weights: no ImageNet download (it would be overwritten)
-    from_checkpoint = bool(tcfg.init_from) or resume_checkpoint(tcfg.resume, Path(run_dir) / "checkpoints") is not None
+    # (whether a checkpoint is there, not loaded: the trainer loads it once, in start())
+    from_checkpoint = bool(tcfg.init_from) or resume_checkpoint(tcfg.resume, Path(run_dir) / "checkpoints",
+                                                                 verify=False) is not None
     model = build_model(cfg.model, cfg.data.num_classes, from_checkpoint=from_checkpoint)
     if tcfg.sync_bn and dist_info.distributed:
         if device.type != "cuda":

@@ -31,13 +31,14 @@ def load_checkpoint(path) -> dict:
     return load_torch_file(path, "checkpoint")
 
 
-def resume_checkpoint(resume, folder) -> Path | None:
+def resume_checkpoint(resume, folder, verify: bool = True) -> Path | None:
     """The checkpoint ``trainer.resume`` names: None for ``none``/null (or ``auto`` with nothing in
-    ``folder``), the newest ``step_*.pt`` of ``folder`` that loads for ``auto``, else the file it names."""
+    ``folder``), the newest ``step_*.pt`` of ``folder`` that loads for ``auto`` (with ``verify=False``: the
+    newest one, unread), else the file it names."""
     if resume in (None, "", "none"):
         return None
     if resume == "auto":
-        return CheckpointDir(folder).latest_loadable()
+        return CheckpointDir(folder).latest_loadable() if verify else CheckpointDir(folder).latest()
     path = Path(resume)
     if not path.is_file():
         raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint file; expected auto (the newest "
