@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .config import CONFIG_DIR, ConfigError, reapply_overrides, register_configs, saved_run_config
 from .engine.build import build_evaluator
@@ -23,20 +24,30 @@ from .metrics import format_comparison, format_report
 from .models import build_model
 
 
+def read_checkpoint(path) -> tuple[dict, DictConfig]:
+    """A segrepro checkpoint (checked, never unpickling code) and the config of the run that wrote it."""
+    state = load_checkpoint(path)
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a segrepro checkpoint (no 'model'/'config' entries)")
+    return state, saved_run_config(state["config"])
+
+
+def checkpoint_model(state: dict, run_cfg: DictConfig) -> torch.nn.Module:
+    """The checkpoint's network with its weights (built from ``run_cfg.model``; nothing is downloaded)."""
+    model = build_model(run_cfg.model, run_cfg.data.num_classes, from_checkpoint=True)
+    model.load_state_dict(state["model"])
+    return model
+
+
 def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
     """Evaluate ``cfg.checkpoint``; print the report and write ``eval.json`` into ``out_dir``."""
     if cfg.checkpoint is None:
         raise ConfigError("segrepro eval needs checkpoint=PATH, e.g. checkpoint=runs/<run>/checkpoints/best.pt")
-    state = load_checkpoint(cfg.checkpoint)
-    if "model" not in state or "config" not in state:
-        raise ValueError(f"{cfg.checkpoint} is not a segrepro checkpoint (no 'model'/'config' entries)")
-    run_cfg = saved_run_config(state["config"])
+    state, run_cfg = read_checkpoint(cfg.checkpoint)
     reapply_overrides(run_cfg, cfg, overrides)
     dist_info = init_distributed(run_cfg.trainer.device)
     try:
-        model = build_model(run_cfg.model, run_cfg.data.num_classes, from_checkpoint=True)
-        model.load_state_dict(state["model"])
-        model.to(dist_info.device)
+        model = checkpoint_model(state, run_cfg).to(dist_info.device)
         evaluator = build_evaluator(run_cfg, dist_info)  # float32, no autocast
         try:
             result = evaluator.run(model, with_crf=True)

@@ -16,6 +16,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from segrepro.config import CONFIG_DIR
+from segrepro.reproduce.spec import EXPERIMENTS_DIR
 
 try:
     import tomllib
@@ -61,9 +62,9 @@ def test_the_package_list_names_every_package_and_maps_the_configs():
     setuptools = PYPROJECT["tool"]["setuptools"]
     found = sorted(".".join(path.relative_to(REPO).parts) for path in (REPO / "segrepro").rglob("*")
                    if path.is_dir() and path.name != "__pycache__" and any(path.glob("*.py")))
-    assert sorted(setuptools["packages"]) == sorted(["segrepro", *found, "segrepro.configs"])
-    assert setuptools["package-dir"] == {"segrepro.configs": "configs"}
-    assert (Path(CONFIG_DIR) / "train.yaml").is_file()
+    assert sorted(setuptools["packages"]) == sorted(["segrepro", *found, "segrepro.configs", "segrepro.experiments"])
+    assert setuptools["package-dir"] == {"segrepro.configs": "configs", "segrepro.experiments": "experiments"}
+    assert (Path(CONFIG_DIR) / "train.yaml").is_file() and (EXPERIMENTS_DIR / "ssl_table2.yaml").is_file()
 
 
 def test_the_constraints_pin_every_dependency_inside_its_range():
@@ -101,8 +102,10 @@ def test_wheel_installs_and_runs_from_another_folder(tmp_path):
         names = set(archive.namelist())
     configs = {f"segrepro/configs/{p.relative_to(REPO / 'configs').as_posix()}"
                for p in (REPO / "configs").rglob("*.yaml")}
-    assert configs and configs <= names
-    assert not any(name.startswith(("tests/", "scripts/", "configs/", "docs/")) for name in names)
+    experiments = {f"segrepro/experiments/{p.relative_to(REPO / 'experiments').as_posix()}"
+                   for p in (REPO / "experiments").rglob("*.yaml")}
+    assert configs and configs <= names and experiments and experiments <= names
+    assert not any(name.startswith(("tests/", "scripts/", "configs/", "docs/", "experiments/")) for name in names)
     run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", target, wheel], cwd=tmp_path)
 
     elsewhere.mkdir()
@@ -133,6 +136,9 @@ def test_wheel_installs_and_runs_from_another_folder(tmp_path):
 
     usage = run([sys.executable, "-m", "segrepro", "--help"], cwd=elsewhere, env=env).stdout
     assert "train" in usage and "eval" in usage
+    commands = run([segrepro, "reproduce", "table=ssl_table2", "rows=ce", "scale=smoke", "dry_run=true"],
+                   cwd=elsewhere, env=env).stdout  # the table files ship in the wheel
+    assert "segrepro train experiment=ssl/voc_deeplabv3 loss=ce data=synthetic" in commands
 
 
 def test_a_user_config_folder_adds_a_loss_through_the_search_path(tmp_path):

@@ -13,6 +13,8 @@ from segrepro.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 from segrepro.reproduce import plan, report, runner
 from segrepro.reproduce.spec import load_scale, load_table
 
+from .conftest import crash_in_step
+
 
 def reproduce(monkeypatch, *args) -> int:
     """``segrepro reproduce ARGS`` through the console script's dispatch; its exit code."""
@@ -185,9 +187,10 @@ def test_a_smoke_table_end_to_end_and_again(tmp_path, monkeypatch, capsys):
     assert "[4/4] ssl3 seed 1 (train): running, 0 left after it, ETA " in out
     assert [(run.rows, run.seed) for run in launched] == [(("ce",), 0), (("ssl3",), 0), (("ce",), 1), (("ssl3",), 1)]
     folder = root / "ssl_table2" / "smoke"
-    assert sorted(p.name for p in folder.iterdir()) == ["ce", "runs.json", "ssl3", "table.csv", "table.md",
-                                                         "table.png", "table.tex"]
+    assert sorted(p.name for p in folder.iterdir()) == ["ce", "qualitative.png", "runs.json", "ssl3", "table.csv",
+                                                         "table.md", "table.png", "table.tex"]
     text = (folder / "table.md").read_text()
+    assert "- qualitative.png: validation images, input | truth | each row's prediction" in text
     lines = table_lines(text)
     for row, paper in (("ce", "76.33"), ("ssl3", "78.46"), ("bce", "76.80"), ("plus_ssl3", "80.63")):
         assert f" | {paper} | " in lines[row]
@@ -212,3 +215,75 @@ def test_a_failed_run_does_not_stop_the_table(tmp_path, monkeypatch, capsys):
     assert "2 of 2 runs did not finish: ce seed 0 (train), lad_k1 seed 0 (train)" in captured.err
     lines = table_lines((tmp_path / "lad_table1" / "smoke" / "table.md").read_text())
     assert all("| missing |" in line for line in lines.values())
+
+
+
+def test_a_table_interrupted_during_a_run_resumes_that_run(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in step 3 of a run: the table stops with the resume hint; the same command resumes that
+    run from its step-2 checkpoint (not from step 0) and finishes the table. The smoke scale trains 2
+    steps without checkpoints, so the test's own experiments folder has a scale of 4 with one every 2."""
+    import shutil
+
+    from segrepro.engine.trainer import Trainer
+    from segrepro.reproduce.spec import EXPERIMENTS_DIR
+
+    experiments = tmp_path / "experiments"
+    shutil.copytree(EXPERIMENTS_DIR, experiments)
+    smoke = (experiments / "scales" / "smoke.yaml").read_text()
+    (experiments / "scales" / "smoke.yaml").write_text(
+        smoke.replace("trainer.max_iters=2", "trainer.max_iters=4") + "  - trainer.ckpt_every=2\n")
+    root = tmp_path / "tables"
+    args = ["table=ssl_table2", "scale=smoke", "rows=ce", f"root={root}", f"experiments={experiments}"]
+    monkeypatch.setattr(runner, "launch", train_in_this_process)
+    crash = pytest.MonkeyPatch()
+    crash_in_step(crash, 3)
+    try:
+        assert reproduce(monkeypatch, *args) == 130
+    finally:
+        crash.undo()
+    assert "interrupted during ce seed 0 (train); the same command resumes it" in capsys.readouterr().err
+    folder = root / "ssl_table2" / "smoke" / "ce" / "seed0"
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["step_0000002.pt"]
+    resumed_at = []
+    start = Trainer.start
+    monkeypatch.setattr(Trainer, "start", lambda self: (start(self), resumed_at.append(self.step)))
+    assert reproduce(monkeypatch, *args) == 0
+    assert resumed_at == [2]
+    assert "(n=1)" in table_lines((root / "ssl_table2" / "smoke" / "table.md").read_text())["ce"]
+    record = json.loads((folder / "reproduce.json").read_text())
+    assert len(record["starts"]) == 2 and record["seconds"] > 0
+
+
+def test_qualitative_figure_shows_each_rows_prediction_on_the_same_images(tmp_path, tiny_cfg):
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+
+    from segrepro.data import build_dataset
+    from segrepro.models import build_model
+    from segrepro.reproduce import qualitative
+
+    assert qualitative.image_indices(10) == [0, 3, 6, 9] and qualitative.image_indices(2) == [0, 1]
+    cfg = tiny_cfg("model.decoder_channels=16")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data.num_classes).eval()
+    checkpoint = tmp_path / "step_0000002.pt"
+    torch.save({"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}, checkpoint)
+    predicted = qualitative.predict(checkpoint, count=2)
+    dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)  # 4 images: indices 0 and 3
+    palette = np.array(dataset.palette, dtype=np.uint8)
+    for k, index in enumerate((0, 3)):
+        image, label = dataset[index]
+        with torch.no_grad():
+            expected = model(image[None]).argmax(1)[0].numpy()
+        np.testing.assert_array_equal(predicted["predictions"][k], palette[expected])
+        truth = label.numpy()
+        valid = truth != cfg.data.ignore_index
+        np.testing.assert_array_equal(predicted["truths"][k][valid], palette[truth[valid]])
+        assert (predicted["truths"][k][~valid] == 255).all()
+        rgb = predicted["inputs"][k].astype(np.float64) / 255
+        mean, std = np.array(cfg.data.mean), np.array(cfg.data.std)
+        np.testing.assert_allclose((rgb - mean) / std, image.permute(1, 2, 0).numpy(), atol=0.5 / 255 / min(std) + 1e-6)
+    table, scale = load_table("ssl_table2"), load_scale("smoke", "unused")
+    runs = plan.plan(table, scale, [0], tmp_path)
+    assert qualitative.write_qualitative("t", table.rows, runs, tmp_path / "q.png") == "no row has a finished run yet"

@@ -1,5 +1,6 @@
 """The report of a reproduced table, in ``<root>/<table>/<scale>/``: ``table.md``, ``table.csv``,
-``table.tex`` (booktabs), ``table.png`` and ``runs.json``.
+``table.tex`` (booktabs), ``table.png``, ``runs.json``, ``qualitative.png`` (segrepro.reproduce.qualitative)
+and, where the paper gives per-class values, ``per_class.png``.
 
 Per row: the paper's value; ours as mean +- std over the seeds that have finished, with n; ours
 minus the paper; the paired difference against the row's baseline over the seeds both have (mean
@@ -18,6 +19,7 @@ from typing import Optional, Sequence
 
 from ..files import atomic_write, write_json
 from .plan import Run
+from .qualitative import write_qualitative
 from .runner import read_record
 from .spec import Row, Scale, Table
 from .stats import Interval, Summary, kendall_tau, paired_difference, sign_agrees, summarize
@@ -295,12 +297,49 @@ def plot(table: Table, scale: Scale, rows: Sequence[RowResult], path: Path) -> N
     plt.close(fig)
 
 
+def plot_per_class(table: Table, rows: Sequence[RowResult], path: Path) -> bool:
+    """Per-class IoU, the paper's beside ours, one panel per row that the paper gives per class (SSL
+    Tables 1 and 4); False (nothing drawn) when no such row has our per-class values."""
+    compared = [r for r in rows if r.row.per_class and r.per_class is not None]
+    if not compared:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(compared[0].row.per_class)
+    xs = list(range(len(names)))
+    fig, axes = plt.subplots(len(compared), 1, sharex=True, squeeze=False, figsize=(11, 2.4 * len(compared) + 1))
+    for axis, r in zip(axes[:, 0], compared):
+        axis.bar([x - 0.2 for x in xs], [r.row.per_class[n] for n in names], width=0.4, color="C0", label="paper")
+        axis.bar([x + 0.2 for x in xs], r.per_class, width=0.4, color="C1", label="ours (mean over seeds)")
+        axis.set_ylabel(f"{r.row.id}\nIoU (%)", fontsize=8)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="lower right")
+    axes[-1, 0].set_xticks(xs, names, rotation=60, ha="right", fontsize=8)
+    fig.suptitle(f"{table.title}: per-class IoU", fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return True
+
+
 def write_report(table: Table, scale: Scale, seeds: Sequence[int], runs: Sequence[Run], folder: Path) -> Path:
-    """Write the five files into ``folder``; the path of ``table.md``."""
+    """Write the report into ``folder``: table.md, .csv, .tex, .png, runs.json, the qualitative figure
+    (qualitative.png) and, for tables with the paper's per-class values, per_class.png; the path of
+    ``table.md``."""
     rows = results(table, runs, seeds)
     folder = Path(folder)
+    figures = []
+    if plot_per_class(table, rows, folder / "per_class.png"):
+        figures.append("per_class.png: per-class IoU, the paper's beside ours")
+    not_drawn = write_qualitative(table.title, [r.row for r in rows], runs, folder / "qualitative.png")
+    figures.append(f"qualitative.png not drawn: {not_drawn}" if not_drawn else
+                   "qualitative.png: validation images, input | truth | each row's prediction")
     with atomic_write(folder / "table.md", "w", encoding="utf-8") as file:
-        file.write(markdown(table, scale, seeds, rows, runs))
+        file.write(markdown(table, scale, seeds, rows, runs) + "\n" + "\n".join(f"- {f}" for f in figures) + "\n")
     write_csv(rows, seeds, folder / "table.csv")
     with atomic_write(folder / "table.tex", "w", encoding="utf-8") as file:
         file.write(tex(table, scale, rows))

@@ -20,10 +20,22 @@ from omegaconf import OmegaConf
 from ..config import ConfigError
 
 
-# the checkout's top folder (a source checkout or an editable install; a wheel does not carry
-# experiments/: point experiments=PATH at a copy)
+# the checkout's top folder (a source checkout or an editable install)
 REPO = Path(__file__).resolve().parents[2]
-EXPERIMENTS_DIR = REPO / "experiments"
+
+
+def _find_experiments_dir() -> Path:
+    """The table files: ``segrepro/experiments`` inside an installed wheel (pyproject.toml maps the
+    repository's top-level ``experiments/`` there), else ``experiments/`` of the source checkout."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "experiments", REPO / "experiments"):
+        if (candidate / "scales").is_dir():
+            return candidate
+    raise FileNotFoundError(f"segrepro's experiments are missing: neither {package / 'experiments'} (an installed "
+                            f"package) nor {REPO / 'experiments'} (a source checkout) holds scales/")
+
+
+EXPERIMENTS_DIR = _find_experiments_dir()
 
 TABLE_KEYS = {"title", "paper", "table", "metric", "recipe", "baseline", "rows", "cited"}
 ROW_KEYS = {"id", "label", "paper", "overrides", "recipe", "baseline", "evaluates", "result", "runs_of",
