@@ -67,7 +67,8 @@ def complete(argv: list[str]) -> None:
         return
     if words[1] not in HYDRA_COMMANDS:
         return
-    rest = line.split(words[1], 1)[1]  # keeps the trailing space that means "a new word"
+    after_program = line.index(words[0]) + len(words[0])  # the program's path may hold "train" or "eval"
+    rest = line[line.index(words[1], after_program) + len(words[1]):]  # keeps a trailing space: "a new word"
     os.environ["COMP_LINE"] = words[0] + rest
     _run(words[1], [COMPLETION_FLAGS[0], *argv[1:]])
 

@@ -91,7 +91,8 @@ class DataConfig:
 class OptimConfig:
     """SGD with momentum and poly LR; the first ``warmup_iters`` steps run at ``warmup_lr`` (slow start).
     The head's weights and biases (the layer that gives the logits) train at ``head_lr_mult`` and
-    ``head_bias_lr_mult`` times every learning rate of the schedule."""
+    ``head_bias_lr_mult`` times every learning rate of the schedule, the biases with
+    ``head_bias_decay_mult`` times ``weight_decay`` (Caffe's ``decay_mult``)."""
 
     lr: float = 0.01
     momentum: float = 0.9
@@ -101,6 +102,7 @@ class OptimConfig:
     warmup_lr: float = 0.001
     head_lr_mult: float = 1.0
     head_bias_lr_mult: float = 1.0
+    head_bias_decay_mult: float = 1.0
 
 
 @dataclass

@@ -109,6 +109,7 @@ def test_shell_completion_completes_commands_groups_and_choices(tmp_path):
     assert "loss=" in query("segrepro train lo")
     assert query("segrepro eval crf=d") == [f"crf={c}" for c in choices("crf") if c.startswith("d")]
     assert query("segrepro train loss=s", shell="fish") == [f"loss={c}" for c in choices("loss") if c.startswith("s")]
+    assert query("/opt/train/bin/segrepro train loss=") == [f"loss={c}" for c in choices("loss")]  # a path with "train"
 
     if not SCRIPT.exists() or shutil.which("bash") is None:
         pytest.skip("the bash part needs bash and the segrepro console script of this venv")

@@ -22,7 +22,8 @@ PAPER = {
         "trainer.max_iters": 20000, "stages": [],
         # DeepLab v2's, which the paper does not restate (docs/fidelity.md)
         "optim.weight_decay": 5e-4, "trainer.freeze_bn": True, "optim.head_lr_mult": 10.0,
-        "optim.head_bias_lr_mult": 20.0, "model.multi_grid": None, "trainer.amp": False,
+        "optim.head_bias_lr_mult": 20.0, "optim.head_bias_decay_mult": 0.0, "model.multi_grid": None,
+        "trainer.amp": False,
     },
     "ssl/voc_deeplabv3": {
         "model.arch": "deeplabv3", "model.encoder": "resnet101", "model.output_stride": 16,
@@ -30,18 +31,20 @@ PAPER = {
         "data.crop_size": 513, "data.scale_range": [0.5, 2.0], "optim.lr": 0.007, "optim.momentum": 0.9,
         "optim.weight_decay": 1e-4, "optim.power": 0.9, "optim.warmup_iters": 100, "optim.warmup_lr": 0.001,
         "trainer.max_iters": 30000, "trainer.freeze_bn": False,
-        # DeepLabv3's multi-grid, TF DeepLab's doubled logits bias, float32 (docs/fidelity.md)
+        # DeepLabv3's multi-grid, TF DeepLab's doubled and unregularized logits bias, float32 (docs/fidelity.md)
         "model.multi_grid": [1, 2, 4], "optim.head_lr_mult": 1.0, "optim.head_bias_lr_mult": 2.0,
-        "trainer.amp": False,
+        "optim.head_bias_decay_mult": 0.0, "trainer.amp": False,
     },
     "ssl/voc_deeplabv3plus": {
         "model.arch": "deeplabv3plus", "model.encoder": "tu-xception65.tf_in1k", "model.output_stride": 16,
         "data.crop_size": 393, "data.batch_size": 12, "data.mean": [0.5, 0.5, 0.5], "optim.lr": 0.007,
-        "trainer.max_iters": 30000, "model.multi_grid": None, "optim.head_bias_lr_mult": 2.0, "trainer.amp": False,
+        "trainer.max_iters": 30000, "model.multi_grid": None, "optim.head_bias_lr_mult": 2.0,
+        "optim.head_bias_decay_mult": 0.0, "trainer.amp": False,
     },
     "ssl/voc_deeplabv3_crop321": {
         "model.arch": "deeplabv3", "data.crop_size": 321, "data.batch_size": 16, "optim.lr": 0.007,
-        "model.multi_grid": [1, 2, 4], "optim.head_bias_lr_mult": 2.0, "trainer.amp": False,
+        "model.multi_grid": [1, 2, 4], "optim.head_bias_lr_mult": 2.0, "optim.head_bias_decay_mult": 0.0,
+        "trainer.amp": False,
     },
     "ssl/cityscapes_deeplabv3": {
         "model.arch": "deeplabv3", "model.encoder": "resnet101", "model.output_stride": 16,
@@ -49,7 +52,7 @@ PAPER = {
         "data.crop_size": 669, "data.batch_size": 8, "data.scale_range": [0.75, 1.25], "optim.lr": 0.007,
         "optim.warmup_iters": 100, "optim.weight_decay": 1e-4, "trainer.max_iters": 90000, "stages": [],
         "model.multi_grid": [1, 2, 4], "optim.head_lr_mult": 1.0, "optim.head_bias_lr_mult": 2.0,
-        "trainer.amp": False,
+        "optim.head_bias_decay_mult": 0.0, "trainer.amp": False,
     },
 }
 VOC_FINETUNE = {"data.train_split": "train", "optim.lr": 0.0005, "optim.warmup_lr": 0.0001,

@@ -168,6 +168,18 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint_naming_it(tmp_path, damag
     assert str(newest) in caplog.text
 
 
+def test_resume_auto_refuses_a_folder_whose_checkpoints_all_fail_to_load(tmp_path, tiny_cfg):
+    """Starting afresh there would train from random weights with no word of it (the model was built
+    for a resume, without its ImageNet weights): a one-line error instead, in the trainer too."""
+    checkpoints = save_steps(tmp_path / "checkpoints", [1, 2])
+    for _, path in checkpoints.steps():
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"trainer.resume=auto: none of the 2 checkpoints in .* loads"):
+        resume_checkpoint("auto", tmp_path / "checkpoints")
+    with pytest.raises(ValueError, match="none of the 2 checkpoints"):
+        run(tiny_cfg(*SHORT, "trainer.max_iters=2", "trainer.resume=auto"), tmp_path, [])
+
+
 def test_keep_last_deletes_old_checkpoints_only_after_the_new_one_reads_back(tmp_path, monkeypatch):
     checkpoints = save_steps(tmp_path, [1, 2, 3], keep_last=1)
     assert [s for s, _ in checkpoints.steps()] == [3]

@@ -47,6 +47,18 @@ def test_head_weights_and_biases_get_their_multipliers_and_nothing_else_does():
         assert group_of(optimizer, param)["lr"] == pytest.approx(0.01)
 
 
+def test_head_biases_take_their_own_weight_decay_multiplier():
+    """Caffe's decay_mult 0 on DeepLab v2's classifier biases (TF-slim: biases unregularized)."""
+    model, optimizer = deeplabv2(lr=0.01, weight_decay=5e-4, head_lr_mult=10, head_bias_lr_mult=20,
+                                 head_bias_decay_mult=0)
+    head = model.segmentation_head.branches
+    assert all(group_of(optimizer, branch.bias)["weight_decay"] == 0.0 for branch in head)
+    assert all(group_of(optimizer, branch.weight)["weight_decay"] == 5e-4 for branch in head)
+    assert group_of(optimizer, model.encoder.conv1.weight)["weight_decay"] == 5e-4
+    _, same_rates = deeplabv2(lr=0.01, weight_decay=5e-4, head_bias_decay_mult=0)  # a group of its own
+    assert sorted(g["weight_decay"] for g in same_rates.param_groups) == [0.0, 5e-4]
+
+
 def test_every_group_follows_the_slow_start_and_the_poly_schedule_at_its_multiple():
     model, optimizer = deeplabv2(lr=0.01, power=0.9, warmup_iters=3, warmup_lr=0.001,
                                  head_lr_mult=10, head_bias_lr_mult=20)

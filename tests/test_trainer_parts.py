@@ -164,3 +164,16 @@ def test_trainer_calls_every_hook_of_a_loss_it_is_handed(tiny_cfg, tmp_path):
         ("set_progress", 0.5), ("forward", True), ("after_step", False), ("terms", False),
     ]
     assert Path(tmp_path, "metrics.json").is_file()
+
+
+def test_sync_batchnorm_keeps_the_activation_of_timms_bn_act_layers():
+    """Xception-65 (timm) fuses BN and its ReLU in one BatchNormAct2d; torch's SyncBatchNorm conversion
+    would keep the BN and drop the ReLU."""
+    import timm.layers
+
+    from segrepro.engine.build import sync_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), timm.layers.BatchNormAct2d(4), torch.nn.BatchNorm2d(4))
+    synced = sync_batchnorm(model)
+    assert isinstance(synced[1], torch.nn.SyncBatchNorm) and isinstance(synced[1].act, torch.nn.ReLU)
+    assert isinstance(synced[2], torch.nn.SyncBatchNorm)

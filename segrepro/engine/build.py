@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -41,24 +42,29 @@ HEAD = "segmentation_head."  # the prefix of the classifier's parameter names (S
 
 
 def parameter_groups(model: torch.nn.Module, optim_cfg) -> list[dict]:
-    """The trainable parameters (frozen BN excluded) by learning rate: the head's weights at
-    ``optim.head_lr_mult`` and its biases at ``optim.head_bias_lr_mult`` times ``optim.lr``, the rest
-    at ``optim.lr``. DeepLab v2 trains its classifier at Caffe ``lr_mult`` 10 (weights) and 20
-    (biases); TF DeepLab doubles the learning rate of every bias, of which only the logits layer has
-    one (``utils/train_utils.py``, ``get_model_gradient_multipliers``). Parameters of equal rate
-    share a group, in model order: the default multipliers (1, 1) give one group, as before."""
-    for key in ("head_lr_mult", "head_bias_lr_mult"):
+    """The trainable parameters (frozen BN excluded) by learning rate and weight decay: the head's weights
+    at ``optim.head_lr_mult`` and its biases at ``optim.head_bias_lr_mult`` times ``optim.lr``, the
+    biases' weight decay at ``optim.head_bias_decay_mult`` times ``optim.weight_decay``, the rest at
+    ``optim.lr`` and ``optim.weight_decay``. DeepLab v2 trains its classifier at Caffe ``lr_mult`` 10
+    (weights) and 20 (biases), the biases at ``decay_mult`` 0; TF DeepLab doubles the learning rate of
+    every bias, of which only the logits layer has one (``utils/train_utils.py``,
+    ``get_model_gradient_multipliers``), and regularizes weights only. Parameters of equal rates share a
+    group, in model order: the default multipliers (1, 1, 1) give one group, as before."""
+    for key in ("head_lr_mult", "head_bias_lr_mult", "head_bias_decay_mult"):
         if getattr(optim_cfg, key) < 0:
             raise ValueError(f"optim.{key} must be at least 0, got {getattr(optim_cfg, key)}")
-    groups: dict[float, list] = {}
+    groups: dict[tuple, list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        multiplier = 1.0
-        if name.startswith(HEAD):
-            multiplier = optim_cfg.head_bias_lr_mult if name.endswith(".bias") else optim_cfg.head_lr_mult
-        groups.setdefault(float(multiplier), []).append(param)
-    return [{"params": params, "lr": optim_cfg.lr * multiplier} for multiplier, params in groups.items()]
+        multipliers = (1.0, 1.0)  # learning rate, weight decay
+        if name.startswith(HEAD) and name.endswith(".bias"):
+            multipliers = (float(optim_cfg.head_bias_lr_mult), float(optim_cfg.head_bias_decay_mult))
+        elif name.startswith(HEAD):
+            multipliers = (float(optim_cfg.head_lr_mult), 1.0)
+        groups.setdefault(multipliers, []).append(param)
+    return [{"params": params, "lr": optim_cfg.lr * lr, "weight_decay": optim_cfg.weight_decay * decay}
+            for (lr, decay), params in groups.items()]
 
 
 def build_optimizer(model: torch.nn.Module, optim_cfg) -> torch.optim.SGD:
@@ -140,6 +146,12 @@ def check_batchnorm_batch(cfg, world_size: int) -> None:
         "of them), trainer.freeze_bn=true (BN at its running statistics), or a larger data.batch_size.")
 
 
+def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Every BN layer as SyncBatchNorm, timm's BN + activation layers (Xception-65's ``BatchNormAct2d``)
+    with their activation kept: torch's own conversion would drop it."""
+    return timm.layers.convert_sync_batchnorm(model)
+
+
 def ignore_usr1(worker_id: int) -> None:
     """A loader worker ignores SIGUSR1, which SLURM's ``--signal`` sends to every process of the job: the
     training process checkpoints and stops, and its workers end with it. SIGTERM keeps its default
@@ -202,7 +214,7 @@ def build_training(cfg, run_dir, dist_info: DistInfo) -> TrainingParts:
     if tcfg.sync_bn and dist_info.distributed:
         if device.type != "cuda":
             raise ValueError("trainer.sync_bn=true needs GPUs: SyncBatchNorm has no CPU kernel")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = sync_batchnorm(model)
     if tcfg.freeze_bn:
         model.freeze_batchnorm()
     model = model.to(device)

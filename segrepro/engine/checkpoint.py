@@ -34,11 +34,19 @@ def load_checkpoint(path) -> dict:
 def resume_checkpoint(resume, folder, verify: bool = True) -> Path | None:
     """The checkpoint ``trainer.resume`` names: None for ``none``/null (or ``auto`` with nothing in
     ``folder``), the newest ``step_*.pt`` of ``folder`` that loads for ``auto`` (with ``verify=False``: the
-    newest one, unread), else the file it names."""
+    newest one, unread; a ValueError when there are some and none loads), else the file it names."""
     if resume in (None, "", "none"):
         return None
     if resume == "auto":
-        return CheckpointDir(folder).latest_loadable() if verify else CheckpointDir(folder).latest()
+        checkpoints = CheckpointDir(folder)
+        if not verify or checkpoints.latest() is None:
+            return checkpoints.latest()
+        path = checkpoints.latest_loadable()
+        if path is None:  # starting afresh here would put a random-init run where the checkpoints were
+            raise ValueError(f"trainer.resume=auto: none of the {len(checkpoints.steps())} checkpoints in {folder} "
+                             "loads (each is logged above with why); move them away to start this run afresh, "
+                             "or give trainer.resume=PATH of a good one")
+        return path
     path = Path(resume)
     if not path.is_file():
         raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint file; expected auto (the newest "

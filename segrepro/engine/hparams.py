@@ -19,10 +19,11 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 # the config keys of a run's row, beside the loss (its class name) and each of its arguments (loss.*)
 HPARAM_KEYS = (
     "name",
-    "model.arch", "model.encoder", "model.output_stride", "model.pretrained",
+    "model.arch", "model.encoder", "model.output_stride", "model.pretrained", "model.multi_grid",
     "data.name", "data.crop_size", "data.batch_size",
     "optim.lr", "optim.momentum", "optim.weight_decay", "optim.power", "optim.warmup_iters",
-    "trainer.max_iters", "trainer.seed", "trainer.sync_bn", "trainer.freeze_bn",
+    "optim.head_lr_mult", "optim.head_bias_lr_mult", "optim.head_bias_decay_mult",
+    "trainer.max_iters", "trainer.seed", "trainer.sync_bn", "trainer.freeze_bn", "trainer.amp",
     "crf.steps", "eval.scales", "eval.flip",
 )
 METRICS = ("miou", "pixel_acc", "mean_acc")
