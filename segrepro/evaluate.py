@@ -23,20 +23,32 @@ from .metrics import format_comparison, format_report
 from .models import build_model
 
 
-def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
-    """Evaluate ``cfg.checkpoint``; print the report and write ``eval.json`` into ``out_dir``."""
+def load_run(cfg, overrides: list[str], command: str = "eval"):
+    """``(checkpoint, run config)``: the checkpoint ``cfg.checkpoint`` names and the config saved in it
+    with the command line's ``overrides`` on top (for ``segrepro <command>``)."""
     if cfg.checkpoint is None:
-        raise ConfigError("segrepro eval needs checkpoint=PATH, e.g. checkpoint=runs/<run>/checkpoints/best.pt")
+        raise ConfigError(f"segrepro {command} needs checkpoint=PATH, e.g. checkpoint=runs/<run>/checkpoints/best.pt")
     state = load_checkpoint(cfg.checkpoint)
     if "model" not in state or "config" not in state:
         raise ValueError(f"{cfg.checkpoint} is not a segrepro checkpoint (no 'model'/'config' entries)")
     run_cfg = saved_run_config(state["config"])
     reapply_overrides(run_cfg, cfg, overrides)
+    return state, run_cfg
+
+
+def checkpoint_model(state: dict, model_cfg, num_classes: int, device):
+    """The network of ``model_cfg`` with the checkpoint's weights, on ``device`` (nothing downloaded)."""
+    model = build_model(model_cfg, num_classes, from_checkpoint=True)
+    model.load_state_dict(state["model"])
+    return model.to(device)
+
+
+def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
+    """Evaluate ``cfg.checkpoint``; print the report and write ``eval.json`` into ``out_dir``."""
+    state, run_cfg = load_run(cfg, overrides)
     dist_info = init_distributed(run_cfg.trainer.device)
     try:
-        model = build_model(run_cfg.model, run_cfg.data.num_classes, from_checkpoint=True)
-        model.load_state_dict(state["model"])
-        model.to(dist_info.device)
+        model = checkpoint_model(state, run_cfg.model, run_cfg.data.num_classes, dist_info.device)
         evaluator = build_evaluator(run_cfg, dist_info)  # float32, no autocast
         try:
             result = evaluator.run(model, with_crf=True)
