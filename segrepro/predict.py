@@ -109,8 +109,8 @@ def predict_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
             evaluator.close()
         cleanup()
     files = [png_dir / f"{name}.png" for name in ids]
-    record = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "step": int(state.get("step", -1)), "data": run_cfg.data.name,
-              "split": split, "images": len(ids), "folder": str(png_dir.relative_to(out)),
+    record = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "step": int(state.get("step", -1)),
+              "data": run_cfg.data.name, "split": split, "images": len(ids), "folder": str(png_dir.relative_to(out)),
               "eval": {"scales": list(run_cfg.eval.scales), "flip": run_cfg.eval.flip},
               "crf": OmegaConf.to_container(run_cfg.crf) if crf_steps else None, "crf_steps": crf_steps,
               "archive": None}
