@@ -14,10 +14,12 @@ import sys
 COMMANDS = {
     "train": ("segrepro.train", "train a model (every stage of a recipe), evaluate it, print the IoU table"),
     "eval": ("segrepro.evaluate", "evaluate a checkpoint with its own config: segrepro eval checkpoint=PATH"),
+    "predict": ("segrepro.predict", "write a checkpoint's predictions as palette PNGs, and the VOC test "
+                "server's archive: segrepro predict checkpoint=PATH data=voc_test"),
     "reproduce": ("segrepro.reproduce.command", "run a paper table's rows, ours beside the paper's numbers: "
                   "segrepro reproduce table=ssl_table2"),
 }
-HYDRA_COMMANDS = ("train", "eval")  # reproduce takes key=value options of its own, not Hydra's
+HYDRA_COMMANDS = ("train", "eval", "predict")  # reproduce takes key=value options of its own, not Hydra's
 
 COMPLETION_FLAGS = ("-sc", "--shell-completion")
 

@@ -39,6 +39,18 @@ Writes eval.json into the run folder.
   segrepro eval checkpoint=runs/.../checkpoints/best.pt crf=dense "crf.steps=[1,2,5]"
   segrepro eval checkpoint=PATH "eval.scales=[0.5,0.75,1.0,1.25,1.5,1.75]" eval.flip=true
 """,
+    "predict": """\
+segrepro predict checkpoint=PATH [group=choice ...] [key=value ...] [flags]: write the checkpoint's
+prediction of every image of data.val_split as a palette PNG (class index = palette index, at the
+image's size), with the model, config and input normalization saved in it and the dataset you
+type; eval.scales, eval.flip and crf=... work as in segrepro eval. data=voc_test writes the VOC
+evaluation server's layout, results/VOC2012/Segmentation/comp6_test_cls/<id>.png, and the archive
+to upload, results.tar.gz; other datasets write predictions/<image name>.png. Into the run folder.
+
+  segrepro predict checkpoint=runs/.../checkpoints/best.pt data=voc_test data.root=data/voc_test
+  segrepro predict checkpoint=PATH data=voc_test data.root=data/voc_test crf=dense
+  segrepro predict checkpoint=PATH data=camvid data.root=data/camvid    CamVid val, CamVid's colours
+""",
 }
 
 _TEMPLATE = """\

@@ -32,22 +32,43 @@ def read_checkpoint(path) -> tuple[dict, DictConfig]:
     return state, saved_run_config(state["config"])
 
 
-def checkpoint_model(state: dict, run_cfg: DictConfig) -> torch.nn.Module:
-    """The checkpoint's network with its weights (built from ``run_cfg.model``; nothing is downloaded)."""
-    model = build_model(run_cfg.model, run_cfg.data.num_classes, from_checkpoint=True)
+MODEL_INPUT = ("mean", "std")  # data.* keys that belong to the model: the checkpoint's unless typed
+
+
+def typed(overrides: list[str], key: str) -> bool:
+    """Whether the command line sets ``key`` itself (``key=...``, ``+key=...``, ``++key=...``)."""
+    return any(override.lstrip("+~").split("=", 1)[0] == key for override in overrides)
+
+
+def load_run(cfg, overrides: list[str], command: str = "eval"):
+    """``(checkpoint, run config)``: the checkpoint ``cfg.checkpoint`` names and the config saved in it
+    with the command line's ``overrides`` on top (for ``segrepro <command>``). A data section chosen on
+    the command line (``data=voc_test``) brings its dataset's defaults, but the input normalization
+    (``data.mean``, ``data.std``) stays the checkpoint's, the model's, unless typed itself."""
+    if cfg.checkpoint is None:
+        raise ConfigError(f"segrepro {command} needs checkpoint=PATH, e.g. checkpoint=runs/<run>/checkpoints/best.pt")
+    state, run_cfg = read_checkpoint(cfg.checkpoint)
+    saved = OmegaConf.to_container(run_cfg.data)
+    reapply_overrides(run_cfg, cfg, overrides)
+    for key in MODEL_INPUT:
+        if not typed(overrides, f"data.{key}"):
+            run_cfg.data[key] = saved[key]
+    return state, run_cfg
+
+
+def checkpoint_model(state: dict, model_cfg, num_classes: int) -> torch.nn.Module:
+    """The network of ``model_cfg`` with the checkpoint's weights (nothing downloaded)."""
+    model = build_model(model_cfg, num_classes, from_checkpoint=True)
     model.load_state_dict(state["model"])
     return model
 
 
 def evaluate_checkpoint(cfg, out_dir, overrides: list[str]) -> dict:
     """Evaluate ``cfg.checkpoint``; print the report and write ``eval.json`` into ``out_dir``."""
-    if cfg.checkpoint is None:
-        raise ConfigError("segrepro eval needs checkpoint=PATH, e.g. checkpoint=runs/<run>/checkpoints/best.pt")
-    state, run_cfg = read_checkpoint(cfg.checkpoint)
-    reapply_overrides(run_cfg, cfg, overrides)
+    state, run_cfg = load_run(cfg, overrides)
     dist_info = init_distributed(run_cfg.trainer.device)
     try:
-        model = checkpoint_model(state, run_cfg).to(dist_info.device)
+        model = checkpoint_model(state, run_cfg.model, run_cfg.data.num_classes).to(dist_info.device)
         evaluator = build_evaluator(run_cfg, dist_info)  # float32, no autocast
         try:
             result = evaluator.run(model, with_crf=True)

@@ -1,4 +1,4 @@
-"""The README's commands run as written: every `segrepro train` / `segrepro eval` / torchrun line
+"""The README's commands run as written: every `segrepro train` / `eval` / `predict` / torchrun line
 composes, and the ones that need no dataset or GPU run from another folder."""
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from .conftest import REPO
 README = (REPO / "README.md").read_text()
 BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
 COMMANDS = [line.split("  #")[0].strip() for block in BLOCKS for line in block.splitlines()
-            if re.match(r"\s*(segrepro (train|eval)|torchrun .*-m segrepro\.(train|evaluate))\b", line)]
+            if re.match(r"\s*(segrepro (train|eval|predict)|torchrun .*-m segrepro\.(train|evaluate))\b", line)]
 
 
 def overrides_of(command: str) -> tuple[str, list[str]]:
     words = shlex.split(command)
     config = "eval" if "eval" in words[:2] or "segrepro.evaluate" in words else "train"
+    config = "predict" if "predict" in words[:2] else config
     return config, [w for w in words if "=" in w and not w.startswith("-")]
 
 

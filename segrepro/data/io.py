@@ -4,7 +4,8 @@
 Cityscapes, CamVid): it holds the ``(image, label)`` file pairs, checks them on
 start, decodes them with Pillow (in the DataLoader workers), maps the raw label
 values to class ids through a lookup table, optionally rescales the pair, and
-applies the transform.
+applies the transform. :class:`UnlabelledImages` is the same for a split without
+labels (a benchmark's test set, scored by its server): ``segrepro predict`` only.
 """
 from __future__ import annotations
 
@@ -123,17 +124,20 @@ class LabelledImages:
     palette: tuple
     label_table: np.ndarray
     ignore_index = 255
+    labelled = True  # False: the labels are placeholders (UnlabelledImages)
 
     def __init__(self, pairs, transform=None, scale: float = 1.0, fix: str = ""):
         if not pairs:
             raise DatasetError(f"{type(self).__name__}: the split lists no images.\n  {fix}")
         if not scale > 0:
             raise DatasetError(f"{type(self).__name__}: data.dataset.scale must be > 0, got {scale}")
-        missing = [path for pair in pairs for path in pair if not os.path.exists(path)]
+        files = [path for pair in pairs for path in pair if path is not None]
+        missing = [path for path in files if not os.path.exists(path)]
         if missing:
-            raise DatasetError(f"{len(missing)} of the split's {2 * len(pairs)} image and label files "
+            what = "image and label files" if self.labelled else "images"
+            raise DatasetError(f"{len(missing)} of the split's {len(files)} {what} "
                                f"are missing, the first: {missing[0]}\n  {fix}")
-        self.pairs = [(str(image), str(label)) for image, label in pairs]
+        self.pairs = [(str(image), None if label is None else str(label)) for image, label in pairs]
         self.transform = transform
         self.scale = float(scale)
 
@@ -143,7 +147,10 @@ class LabelledImages:
     def __getitem__(self, index: int):
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
-        label = map_label(read_label(label_path), self.label_table, label_path)
+        if label_path is None:  # UnlabelledImages: a placeholder, ignored everywhere
+            label = np.full(image.shape[:2], self.ignore_index, np.uint8)
+        else:
+            label = map_label(read_label(label_path), self.label_table, label_path)
         if image.shape[:2] != label.shape:
             raise DatasetError(f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its label "
                                f"map {label_path} is {label.shape[1]}x{label.shape[0]} (WxH)")
@@ -154,3 +161,20 @@ class LabelledImages:
         if self.transform is None:
             return image, label
         return self.transform(image, label)
+
+
+class UnlabelledImages(LabelledImages):
+    """Images without labels: a test split whose labels only the benchmark's server has.
+
+    Each sample's label is a placeholder, ``ignore_index`` at every pixel, so the validation
+    pipeline, the loader and the evaluator's inference run on it unchanged; ``labelled = False``
+    makes :func:`segrepro.data.build_dataset` refuse it for training and evaluation (only
+    ``segrepro predict`` reads it). Subclasses set ``num_classes``, ``class_names`` and ``palette``
+    (the classes the predictions are written in), find their image files, and call
+    ``super().__init__``; ``scale`` as in :class:`LabelledImages`.
+    """
+
+    labelled = False
+
+    def __init__(self, images, transform=None, scale: float = 1.0, fix: str = ""):
+        super().__init__([(image, None) for image in images], transform, scale, fix)

@@ -77,24 +77,24 @@ class CRFPool:
         self.pending = collections.deque()
         self.limit = 2 * workers
 
-    def submit(self, crf: DenseCRF, index: int, name: str, probs: np.ndarray, image: np.ndarray,
-               truth: torch.Tensor) -> list:
-        """Queue one image; returns the results that became due, as :meth:`ready` does."""
+    def submit(self, crf: DenseCRF, index: int, name: str, probs: np.ndarray, image: np.ndarray, tag) -> list:
+        """Queue one image; ``tag`` comes back with its result (the ground truth at evaluation, the
+        image's index for a prediction). Returns the results that became due, as :meth:`ready` does."""
         future = self.executor.submit(refine_timed, crf, index, name, probs, image)
-        self.pending.append((future, truth, index, name))
+        self.pending.append((future, tag, index, name))
         return self.ready()
 
     def ready(self, wait_all: bool = False) -> list:
-        """``[(labels per step count, truth, seconds)]`` of the oldest images that are done (waiting for
+        """``[(labels per step count, tag, seconds)]`` of the oldest images that are done (waiting for
         them while more than the limit are in flight, or for all with ``wait_all``)."""
         done = []
         while self.pending and (wait_all or len(self.pending) > self.limit or self.pending[0][0].done()):
-            future, truth, index, name = self.pending.popleft()
+            future, tag, index, name = self.pending.popleft()
             try:
                 labels, seconds = future.result()
             except BrokenProcessPool as error:  # a worker died outright (a crash, or killed for memory)
                 raise RuntimeError(f"dense CRF worker died while refining image {index} ({name})") from error
-            done.append((labels, truth, seconds))
+            done.append((labels, tag, seconds))
         return done
 
     def cancel(self) -> None:
@@ -214,6 +214,43 @@ class Evaluator:
         return Evaluation(plain.compute(), plain, first,
                           {steps: (matrix.compute(), matrix) for steps, matrix in refined.items()},
                           mean_over_ranks(seconds, self.device) if crf is not None else math.nan)
+
+    @torch.no_grad()
+    def predict(self, model, with_crf: bool = False):
+        """Yield ``(dataset index, labels)`` for this rank's images, in order; ``labels`` is a uint8 ``H x W``
+        array at the image's resolution: the argmax of :meth:`scores` (so ``eval.scales`` / ``eval.flip``
+        apply as at evaluation), or with ``with_crf`` (and ``crf.steps`` on) the dense CRF's labels after
+        ``max(crf.steps)`` steps. The dataset's labels are not looked at (``segrepro predict``: a test
+        split has none). ``model`` is in eval mode until the generator is done or closed."""
+        was_training = model.training
+        model.eval()
+        crf = self.crf if with_crf else None
+        if crf is not None and self.pool is None:
+            self.pool = CRFPool(self.crf_workers)
+        position = 0
+        try:
+            for images, _ in self.loader:
+                images = images.to(self.device, non_blocking=True)
+                with self.autocast():
+                    scores = self.scores(model, images)
+                indices = self.indices[position:position + len(images)]
+                position += len(images)
+                if crf is None:
+                    yield from zip(indices, scores.argmax(1).to(torch.uint8).cpu().numpy())
+                    continue
+                probs = self.probabilities(scores).cpu().numpy()
+                rgb = to_uint8_images(images, self.mean, self.std)
+                for k, index in enumerate(indices):
+                    done = self.pool.submit(crf, index, self.image_name(index), probs[k], rgb[k], index)
+                    yield from ((tag, labels[max(crf.steps)]) for labels, tag, _ in done)
+            if crf is not None:
+                yield from ((tag, labels[max(crf.steps)]) for labels, tag, _ in self.pool.ready(wait_all=True))
+        except BaseException:
+            if crf is not None:
+                self.pool.cancel()
+            raise
+        finally:
+            model.train(was_training)
 
     def image_name(self, index: int) -> str:
         """A name for error messages: the image file where the dataset lists its pairs, else the index."""

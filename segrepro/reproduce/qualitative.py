@@ -36,7 +36,7 @@ def predict(checkpoint: Path, count: int = COUNT) -> dict:
     """The inputs (uint8 RGB), truths and predictions (colour images ``[K, H, W, 3]``) of a checkpoint
     on ``image_indices`` of its validation split."""
     state, cfg = read_checkpoint(checkpoint)
-    model = checkpoint_model(state, cfg).eval()
+    model = checkpoint_model(state, cfg.model, cfg.data.num_classes).eval()
     dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
     palette = getattr(dataset, "palette", None) or colour_map(cfg.data.num_classes)
     inputs, truths, predictions = [], [], []
