@@ -16,8 +16,9 @@ SCALE   ?= paper
 SEEDS   ?= 1
 ROWS    ?=
 TABLE_TARGETS := table-lad-1 table-lad-2 table-ssl-1 table-ssl-2 table-ssl-3 table-ssl-4 table-ssl-5 table-ssl-6
+FIGURE_TARGETS := fig-ssl-3 fig-ssl-4
 
-.PHONY: install constraints demo test test-fast bench-losses bench-crf gpu-check tensorboard clean tables $(TABLE_TARGETS)
+.PHONY: install constraints demo test test-fast bench-losses bench-crf gpu-check tensorboard clean tables $(TABLE_TARGETS) $(FIGURE_TARGETS)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) .ci/install.py
 	$(PYTHON) .ci/install.py --venv $(VENV) --constraints '$(CONSTRAINTS)' --installer $(INSTALLER)
@@ -56,7 +57,11 @@ gpu-check: $(STAMP)  ## the GPU check of issue 17, about 8 minutes on one GPU (A
 $(TABLE_TARGETS): table-%: $(STAMP)  ## one paper table: SCALE=paper|mini|smoke, SEEDS=N, ROWS=a,b (runs/tables/<table>/<scale>/)
 	$(VENV)/bin/segrepro reproduce table=$(subst -,_table,$*) scale=$(SCALE) seeds=$(SEEDS) $(if $(ROWS),rows=$(ROWS)) $(ARGS)
 
-tables: $(TABLE_TARGETS)  ## every paper table, one after the other (make -k tables: go on past a table that stops)
+# fig-ssl-3 -> segrepro reproduce table=ssl_fig3, fig-ssl-4 -> table=ssl_fig4 (the runs of SSL Table 2's ssl3)
+$(FIGURE_TARGETS): fig-ssl-%: $(STAMP)  ## one SSL figure: SCALE=paper|mini|smoke, SEEDS=N (runs/tables/ssl_fig<n>/<scale>/)
+	$(VENV)/bin/segrepro reproduce table=ssl_fig$* scale=$(SCALE) seeds=$(SEEDS) $(ARGS)
+
+tables: $(TABLE_TARGETS) $(FIGURE_TARGETS)  ## every paper table and figure, one after the other (make -k tables: go on past one that stops)
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir runs

@@ -66,7 +66,7 @@ def test_dry_run_of_a_subset_at_scale_mini(tmp_path, monkeypatch, capsys):
     (["scale=mini"], 2, "table=NAME is needed; the tables: lad_table1, lad_table2, ssl_table1"),
     (["table=ssl_table9"], 1, "there is no table 'ssl_table9'"),
     (["table=ssl_table2", "scale=huge"], 1, "the scales: mini, paper, smoke"),
-    (["table=ssl_fig3"], 1, "drawing the figures is not written yet"),
+    (["table=ssl_fig3", "rows=ce"], 1, "rows= picks rows of a table; ssl_fig3 is a figure"),
 ])
 def test_bad_options_are_one_line_errors(monkeypatch, capsys, args, code, message):
     assert reproduce(monkeypatch, *args, "dry_run=true") == code

@@ -7,5 +7,7 @@ paper's numbers beside ours.
 - :mod:`.runner`: runs them one subprocess at a time, skipping finished ones, resuming interrupted ones;
 - :mod:`.stats`: mean, std, paired differences with t-intervals, Kendall's tau;
 - :mod:`.report`: ``table.md``, ``table.csv``, ``table.tex``, ``table.png`` and ``runs.json``;
+- :mod:`.figures`: a paper figure (``table=ssl_fig3``, ``ssl_fig4``) from the runs of the row it reads:
+  :mod:`.logged_statistics` (SSL Figure 3), :mod:`.hard_examples` (SSL Figure 4);
 - :mod:`.command`: the command line.
 """

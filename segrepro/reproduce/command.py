@@ -2,7 +2,9 @@
 
 Options (``key=value``, as the other commands take them; ``rows=ce,ssl3`` is one value):
 
-  table=NAME        a file of experiments/ without .yaml: lad_table1, ..., ssl_table6
+  table=NAME        a file of experiments/ without .yaml: lad_table1, ..., ssl_table6, or a figure:
+                    ssl_fig3, ssl_fig4 (trains the runs of the row it reads, then draws figure.png,
+                    figure.csv, figure.md in <root>/<figure>/<scale>/; rows= does not apply)
   scale=paper       paper (the recipe as the paper ran it), mini (CamVid on a CPU), smoke (synthetic, tiny):
                     experiments/scales/<scale>.yaml says what each changes
   seeds=1           seeds 0 .. N-1 (trainer.seed), one run per row and seed
@@ -28,8 +30,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError
-from . import plan, report, runner
-from .spec import EXPERIMENTS_DIR, load_scale, load_table, table_names
+from . import figures, plan, report, runner
+from .spec import EXPERIMENTS_DIR, figure_names, load_figure, load_scale, load_table, table_names
 
 
 @dataclass
@@ -57,7 +59,8 @@ def parse(argv: list[str]) -> Options:
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{getattr(exc, 'full_key', None) or 'options'}: {str(exc).splitlines()[0]}") from None
     if options.table is None:
-        raise ConfigError("table=NAME is needed; the tables: " + ", ".join(table_names(experiments_dir(options))))
+        raise ConfigError("table=NAME is needed; the tables: " + ", ".join(table_names(experiments_dir(options)))
+                          + "; the figures: " + ", ".join(figure_names(experiments_dir(options))))
     if options.seeds < 1:
         raise ConfigError(f"seeds={options.seeds}: at least 1")
     return options
@@ -68,14 +71,20 @@ def experiments_dir(options: Options) -> Path:
 
 
 def reproduce(options: Options) -> int:
-    """Print the commands (``dry_run``) or run the table and write its report; the exit code."""
+    """Print the commands (``dry_run``) or run the table (or figure) and write its report; the exit code."""
     directory = experiments_dir(options)
-    table = load_table(options.table, directory)
+    figure = load_figure(options.table, directory) if options.table in figure_names(directory) else None
+    table = load_table(figure.row.home[0] if figure else options.table, directory)
     camvid_root = options.camvid_root or os.environ.get("CAMVID_ROOT") or "data/camvid"
     scale = load_scale(options.scale, camvid_root, directory)
     seeds = list(range(options.seeds))
     row_ids = [r for r in options.rows.split(",") if r] if options.rows else None
     root = Path(options.root)
+    if figure is not None:
+        if row_ids:
+            raise ConfigError(f"rows= picks rows of a table; {figure.name} is a figure drawn from "
+                              f"{'/'.join(figure.row.home)}'s runs")
+        return figures.reproduce_figure(figure, table, scale, seeds, root, options.dry_run)
     runs = plan.plan(table, scale, seeds, root, row_ids)
     if options.dry_run:
         print(f"# {table.name}, scale {scale.name}, {len(runs)} runs ({scale.description})")
@@ -104,6 +113,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if {"-h", "--help", "help"} & set(argv):
         print(__doc__)
         print("tables:", ", ".join(table_names()))
+        print("figures:", ", ".join(figure_names()))
         return
     try:
         options = parse(argv)

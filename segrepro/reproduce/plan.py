@@ -39,6 +39,7 @@ class Run:
     final_step: Optional[int] = None  # training: the last stage's max_iters
     checkpoint: Optional[Path] = None  # training: the final checkpoint it writes; evaluation: the one it reads
     stages: tuple = ()  # training: the composed config of each stage (the datasets it reads)
+    stage_folders: tuple[Path, ...] = ()  # training: each stage's folder, in order (its tb/, checkpoints/)
     needs: Optional["Run"] = None
 
     @property
@@ -67,25 +68,26 @@ class Run:
 
 @functools.lru_cache(maxsize=None)
 def _layout(overrides: tuple[str, ...]) -> tuple:
-    """``(stage configs, last stage's folder, its max_iters)`` of a training command's overrides (a
-    :class:`ConfigError` naming a bad one)."""
+    """``(stage configs, stage sub-folders, the last stage's max_iters)`` of a training command's
+    overrides (a :class:`ConfigError` naming a bad one)."""
     check_overrides(list(overrides))
     cfg = compose_config(list(overrides))
     stages = stage_configs(cfg, list(overrides))
-    folder, last = stages[-1]
-    return tuple(stage for _, stage in stages), folder, int(last.trainer.max_iters)
+    return (tuple(stage for _, stage in stages), tuple(folder for folder, _ in stages),
+            int(stages[-1][1].trainer.max_iters))
 
 
 def training_run(row: Row, scale: Scale, seed: int, root: Path, rows: tuple[str, ...]) -> Run:
     table, row_id = row.home
     folder = Path(root) / table / scale.name / row_id / f"seed{seed}"
     config = (f"experiment={row.recipe}", *row.overrides, *scale.overrides)
-    stages, stage_folder, final_step = _layout(config)
-    last = folder / stage_folder
+    stages, stage_folders, final_step = _layout(config)
+    last = folder / stage_folders[-1]
     return Run(kind="train", rows=rows, seed=seed, folder=folder,
                overrides=(*config, f"trainer.seed={seed}", "trainer.resume=auto", f"hydra.run.dir={folder}"),
                result_file=last / "metrics.json", final_step=final_step,
-               checkpoint=CheckpointDir(last / "checkpoints").path(final_step), stages=stages)
+               checkpoint=CheckpointDir(last / "checkpoints").path(final_step), stages=stages,
+               stage_folders=tuple(folder / sub for sub in stage_folders))
 
 
 def evaluation_run(rows: Sequence[Row], trained: Run, root: Path, table: Table, scale: Scale) -> Run:

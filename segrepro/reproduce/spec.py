@@ -8,6 +8,9 @@ either the overrides of its training run (on top of the recipe, or of its own ``
 with equal overrides share one evaluation), or ``runs_of: TABLE/ROW``: the runs of a row of another
 table that trained the same thing. ``result`` is where its number is in the run's metrics
 (default ``miou``; ``crf.1.miou`` for a CRF step count); ``baseline`` may differ per row.
+
+A figure file (``figure:`` instead of ``table:``) names what it ``draws`` and the training row whose
+runs it reads (``runs_of: TABLE/ROW``), read into :class:`Figure`.
 """
 from __future__ import annotations
 
@@ -83,6 +86,35 @@ class Table:
         raise ConfigError(f"{self.name} has no row {row_id!r}; its rows: {', '.join(r.id for r in self.rows)}")
 
 
+FIGURE_KEYS = {"title", "paper", "figure", "draws", "runs_of", "region_size", "sigma"}
+# what a figure draws -> the keys that drawing takes (SSL Figures 3 and 4)
+DRAWINGS = {"logged_statistics": {"scalars", "smoothing"},
+            "hard_share": {"betas", "finer_betas", "paper_hard_percent"}}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A paper figure drawn from the runs of ``row`` (a training row of a table, ``runs_of``).
+    ``draws`` is ``logged_statistics`` (``scalars``: TensorBoard tags logged during training,
+    ``smoothing``: the plot's moving-average weight) or ``hard_share`` (the share of hard examples at
+    each of ``betas``, the paper's, and ``finer_betas``; the paper's own value ``paper_hard_percent``,
+    ``{beta, value}``). ``region_size`` and ``sigma`` are the loss settings the paper drew it with."""
+
+    name: str  # the file's stem: ssl_fig3
+    title: str
+    paper: str
+    number: int
+    draws: str
+    row: Row
+    region_size: int
+    sigma: float
+    scalars: tuple[str, ...] = ()
+    smoothing: float = 0.0
+    betas: tuple[float, ...] = ()
+    finer_betas: tuple[float, ...] = ()
+    paper_hard_percent: Optional[dict] = None
+
+
 @dataclass(frozen=True)
 class Scale:
     name: str
@@ -93,6 +125,11 @@ class Scale:
 def table_names(directory: Path = EXPERIMENTS_DIR) -> list[str]:
     """The tables of ``directory`` (the files with a ``table:`` number), by name."""
     return sorted(path.stem for path in Path(directory).glob("*.yaml") if "table" in _read(path))
+
+
+def figure_names(directory: Path = EXPERIMENTS_DIR) -> list[str]:
+    """The figures of ``directory`` (the files with a ``figure:`` number), by name."""
+    return sorted(path.stem for path in Path(directory).glob("*.yaml") if "figure" in _read(path))
 
 
 def _read(path: Path) -> dict:
@@ -116,8 +153,7 @@ def load_table(name: str, directory: Path = EXPERIMENTS_DIR) -> Table:
         raise ConfigError(f"there is no table {name!r} ({path}); the tables: {', '.join(table_names(directory))}")
     raw = _read(path)
     if "figure" in raw:
-        raise ConfigError(f"{name} is {raw.get('title', 'a figure')}: `segrepro reproduce` makes the tables only; "
-                          "drawing the figures is not written yet")
+        raise ConfigError(f"{path} is a figure, not a table: read it with load_figure")
     _unknown(raw, TABLE_KEYS, str(path))
     missing = sorted(TABLE_KEYS - {"cited"} - set(raw))
     if missing:
@@ -162,6 +198,35 @@ def _row(entry: dict, raw: dict, table: str, path: Path, directory: Path) -> Row
     return Row(**common, recipe=str(entry.get("recipe", raw["recipe"])),
                overrides=tuple(str(o) for o in entry["overrides"]), home=(table, str(entry["id"])),
                evaluates=entry.get("evaluates"), result=str(entry.get("result", "miou")))
+
+
+def load_figure(name: str, directory: Path = EXPERIMENTS_DIR) -> Figure:
+    """``experiments/<name>.yaml`` as a :class:`Figure`, checked: known keys, the keys of what it
+    draws, ``runs_of`` naming a training row of a table that trains in its own folder."""
+    path = Path(directory) / f"{name}.yaml"
+    raw = _read(path)
+    if "figure" not in raw:
+        raise ConfigError(f"{path} is not a figure (no figure: number)")
+    draws = raw.get("draws")
+    if draws not in DRAWINGS:
+        raise ConfigError(f"{path}: draws: {draws!r}; valid: {', '.join(sorted(DRAWINGS))}")
+    _unknown(raw, FIGURE_KEYS | DRAWINGS[draws], str(path))
+    missing = sorted((FIGURE_KEYS | DRAWINGS[draws]) - set(raw))
+    if missing:
+        raise ConfigError(f"{path}: missing {', '.join(missing)}")
+    if not 0 <= float(raw.get("smoothing", 0.0)) < 1:
+        raise ConfigError(f"{path}: smoothing: {raw['smoothing']}; a moving-average weight in [0, 1)")
+    table, _, row_id = str(raw["runs_of"]).partition("/")
+    row = load_table(table, directory).row(row_id)
+    if row.home != (table, row_id) or not row.trains:
+        raise ConfigError(f"{path}: runs_of {raw['runs_of']} must name a row that trains in its own folder")
+    return Figure(name=name, title=raw["title"], paper=raw["paper"], number=int(raw["figure"]), draws=draws,
+                  row=row, region_size=int(raw["region_size"]), sigma=float(raw["sigma"]),
+                  scalars=tuple(str(tag) for tag in raw.get("scalars", ())),
+                  smoothing=float(raw.get("smoothing", 0.0)),
+                  betas=tuple(float(b) for b in raw.get("betas", ())),
+                  finer_betas=tuple(float(b) for b in raw.get("finer_betas", ())),
+                  paper_hard_percent=raw.get("paper_hard_percent"))
 
 
 def load_scale(name: str, camvid_root: str, directory: Path = EXPERIMENTS_DIR) -> Scale:
