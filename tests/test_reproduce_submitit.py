@@ -37,8 +37,10 @@ from .test_reproduce import finish, reproduce, table_lines
     (["launcher=submitit", "cluster=slurm", "nodes=2", "gpus_per_job=3"],
      "gpus_per_job=3 over nodes=2: every node gets as many GPUs; give 0 or a multiple of nodes"),
     (["launcher=submitit", "timeout_min=0"], "timeout_min=0: at least 1"),
+    (["launcher=submitit", "cluster=slurm"], "cluster=slurm, but srun is not on the PATH"),
 ])
-def test_submitit_options_are_checked(monkeypatch, capsys, args, message):
+def test_submitit_options_are_checked(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
     assert reproduce(monkeypatch, "table=ssl_table2", "dry_run=true", *args) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1

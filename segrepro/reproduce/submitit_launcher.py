@@ -68,18 +68,17 @@ def check_options(options, named: set[str]) -> None:
     if options.wait is False and cluster != "slurm":
         raise ConfigError(f"wait=false needs cluster=slurm: the jobs of cluster={cluster} end with the command "
                           "that started them")
+    if cluster == "slurm" and submitit.SlurmExecutor.affinity() < 0:
+        raise ConfigError("cluster=slurm, but srun is not on the PATH: run this on a SLURM login node, or use "
+                          "cluster=local")
 
 
 def make_executor(options, folder: Path, name: str) -> submitit.AutoExecutor:
     """The submitit executor of ``options`` (checked by :func:`check_options`), its files in ``folder``."""
-    cluster = cluster_of(options)
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    except RuntimeError as exc:  # cluster=slurm where srun cannot be found
-        raise ConfigError(f"cluster={cluster}: {one_line(exc)}") from None
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster_of(options))
     gpus_per_node = options.gpus_per_job // options.nodes
     executor.update_parameters(  # None: not set (the cluster's default)
-        name=name, timeout_min=options.timeout_min, nodes=options.nodes, gpus_per_node=gpus_per_node,
+        name=name, timeout_min=options.timeout_min, nodes=options.nodes, gpus_per_node=gpus_per_node or None,
         tasks_per_node=max(1, gpus_per_node), cpus_per_task=options.cpus_per_task, mem_gb=options.mem_gb,
         slurm_partition=options.partition, slurm_array_parallelism=options.slurm_array_parallelism,
         slurm_additional_parameters=options.slurm_additional)
