@@ -14,9 +14,19 @@ Options (``key=value``, as the other commands take them; ``rows=ce,ssl3`` is one
                     <root>/<table>/<scale>/ (table.md, table.csv, table.tex, table.png, runs.json)
   camvid_root=      the CamVid copy of scale=mini (default: $CAMVID_ROOT, else data/camvid)
   experiments=      another folder of table files (default: segrepro's experiments/)
+  launcher=local    local: each run a subprocess of this command, one after another; submitit: each run
+                    its own submitit job (segrepro/reproduce/submitit_launcher.py), with:
+    cluster=        slurm (sbatch), local (processes on this machine, all at once), debug (in this process);
+                    default: slurm where srun is found, else local
+    wait=           true: wait for the jobs and write the whole table (default, except on slurm); false:
+                    submit and return, the same command later collects what has finished
+    gpus_per_job=1  GPUs of a run, one task (DDP process) each, spread over nodes=1 nodes
+    timeout_min=1440  the time limit of a job; at it (or at a preemption) the job is checkpointed and requeued
+    partition=, cpus_per_task=, mem_gb=, slurm_array_parallelism=, slurm_additional={account: x, qos: y}
 
 Repeat the command until the table is complete: finished runs are skipped, an interrupted run
 resumes where it stopped. Each run is a subprocess; one that fails does not stop the others.
+With launcher=submitit, a run whose job is still pending or running is not submitted again.
 """
 from __future__ import annotations
 
@@ -24,13 +34,13 @@ import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError
-from . import figures, plan, report, runner
+from . import figures, plan, report, runner, submitit_launcher
 from .spec import EXPERIMENTS_DIR, figure_names, load_figure, load_scale, load_table, table_names
 
 
@@ -44,6 +54,18 @@ class Options:
     root: str = "runs/tables"
     camvid_root: Optional[str] = None
     experiments: Optional[str] = None
+    launcher: str = "local"
+    # launcher=submitit (submitit_launcher.OPTIONS); None: the cluster's or submitit's default
+    cluster: Optional[str] = None
+    wait: Optional[bool] = None
+    gpus_per_job: int = 1
+    nodes: int = 1
+    timeout_min: int = 1440
+    partition: Optional[str] = None
+    cpus_per_task: Optional[int] = None
+    mem_gb: Optional[float] = None
+    slurm_array_parallelism: Optional[int] = None
+    slurm_additional: Optional[dict[str, Any]] = None
 
 
 def parse(argv: list[str]) -> Options:
@@ -63,6 +85,9 @@ def parse(argv: list[str]) -> Options:
                           + "; the figures: " + ", ".join(figure_names(experiments_dir(options))))
     if options.seeds < 1:
         raise ConfigError(f"seeds={options.seeds}: at least 1")
+    if options.launcher not in ("local", "submitit"):
+        raise ConfigError(f"launcher={options.launcher}: local (one run after another here) or submitit (a job each)")
+    submitit_launcher.check_options(options, named={word.split("=", 1)[0] for word in argv})
     return options
 
 
@@ -80,32 +105,51 @@ def reproduce(options: Options) -> int:
     seeds = list(range(options.seeds))
     row_ids = [r for r in options.rows.split(",") if r] if options.rows else None
     root = Path(options.root)
+    if figure is not None and row_ids:
+        raise ConfigError(f"rows= picks rows of a table; {figure.name} is a figure drawn from "
+                          f"{'/'.join(figure.row.home)}'s runs")
     if figure is not None:
-        if row_ids:
-            raise ConfigError(f"rows= picks rows of a table; {figure.name} is a figure drawn from "
-                              f"{'/'.join(figure.row.home)}'s runs")
-        return figures.reproduce_figure(figure, table, scale, seeds, root, options.dry_run)
-    runs = plan.plan(table, scale, seeds, root, row_ids)
+        runs = figures.figure_runs(figure, table, scale, seeds, root)
+        name, title, source = figure.name, figure.title, f"drawn from {len(runs)} runs of {table.name}/{figure.row.id}"
+    else:
+        runs = plan.plan(table, scale, seeds, root, row_ids)
+        name, title, source = table.name, table.title, f"{len(runs)} runs"
     if options.dry_run:
-        print(f"# {table.name}, scale {scale.name}, {len(runs)} runs ({scale.description})")
+        print(f"# {name}, scale {scale.name}, {source} ({scale.description})")
         for run in runs:
             print(run.command)
         return 0
     runner.check_data(runs)
-    print(f"{table.title}: {len(runs)} runs at scale {scale.name} ({scale.description})", flush=True)
-    try:
-        failed = runner.execute(runs, scale.name)
-    finally:
-        everything = plan.plan(table, scale, seeds, root)
-        path = report.write_report(table, scale, seeds, everything, root / table.name / scale.name)
+    print(f"{title}: {source} at scale {scale.name} ({scale.description})", flush=True)
+    folder = root / name / scale.name
+    if figure is not None:
+        failed = execute(runs, scale, options, folder)
+        if len(failed) == len(runs):
+            raise ConfigError(f"none of the {len(runs)} runs of {table.name}/{figure.row.id} finished; nothing drawn. "
+                              "Run the same command again to retry them")
+        path = figures.draw(figure, table, scale, runs, folder)
         print(path.read_text())
-        print(f"written: {path} (and table.csv, table.tex, table.png, runs.json beside it)")
+        print(f"written: {path} (and figure.png, figure.csv beside it)")
+    else:
+        try:
+            failed = execute(runs, scale, options, folder)
+        finally:
+            path = report.write_report(table, scale, seeds, plan.plan(table, scale, seeds, root), folder)
+            print(path.read_text())
+            print(f"written: {path} (and table.csv, table.tex, table.png, runs.json beside it)")
     if failed:
         print(f"segrepro reproduce: {len(failed)} of {len(runs)} runs did not finish: "
               f"{', '.join(run.describe() for run in failed)}; run the same command again to retry them",
               file=sys.stderr)
         return 1
     return 0
+
+
+def execute(runs, scale, options: Options, folder: Path) -> list:
+    """Run the unfinished ``runs`` with ``options.launcher``; the runs that did not finish."""
+    if options.launcher == "submitit":
+        return submitit_launcher.execute(runs, scale.name, options, folder)
+    return runner.execute(runs, scale.name)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

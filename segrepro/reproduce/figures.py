@@ -9,7 +9,6 @@ interrupted ones resumed. The figure is drawn from the runs that have finished:
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -63,31 +62,3 @@ def draw(figure: Figure, table: Table, scale: Scale, runs: Sequence[Run], folder
     with atomic_write(folder / "figure.md", "w", encoding="utf-8") as file:
         file.write(markdown(figure, table, scale, runs, lines))
     return folder / "figure.md"
-
-
-def reproduce_figure(figure: Figure, table: Table, scale: Scale, seeds: Sequence[int], root: Path,
-                     dry_run: bool) -> int:
-    """Print the commands (``dry_run``), or train the missing runs and draw the figure; the exit code."""
-    runs = figure_runs(figure, table, scale, seeds, root)
-    source = f"{len(runs)} runs of {table.name}/{figure.row.id}"
-    if dry_run:
-        print(f"# {figure.name}, scale {scale.name}, drawn from {source} ({scale.description})")
-        for run in runs:
-            print(run.command)
-        return 0
-    runner.check_data(runs)
-    print(f"{figure.title}: {source} at scale {scale.name} ({scale.description})", flush=True)
-    failed = runner.execute(runs, scale.name)
-    if len(failed) == len(runs):
-        print(f"segrepro reproduce: none of the {source} finished; nothing drawn. Run the same command again "
-              "to retry them", file=sys.stderr)
-        return 1
-    path = draw(figure, table, scale, runs, Path(root) / figure.name / scale.name)
-    print(path.read_text())
-    print(f"written: {path} (and figure.png, figure.csv beside it)")
-    if failed:
-        print(f"segrepro reproduce: {len(failed)} of {len(runs)} runs did not finish: "
-              f"{', '.join(run.describe() for run in failed)}; drawn without them; run the same command again "
-              "to retry them", file=sys.stderr)
-        return 1
-    return 0

@@ -86,9 +86,27 @@ def now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
+def command_line(run: Run) -> list[str]:
+    """``python -m segrepro.train OVERRIDES`` (or ``segrepro.evaluate``) with this Python: what runs ``run``."""
+    return [sys.executable, "-m", COMMANDS[run.kind][0], *run.overrides]
+
+
 def launch(run: Run) -> int:
     """Run ``run`` as a subprocess of this Python (its output goes to this terminal); its exit code."""
-    return subprocess.run([sys.executable, "-m", COMMANDS[run.kind][0], *run.overrides]).returncode
+    return subprocess.run(command_line(run)).returncode
+
+
+def record_start(run: Run, scale: str, commit: Optional[str], **details) -> None:
+    """Add a start (the commit, the time and ``details``) to the run folder's ``reproduce.json``."""
+    record = read_record(run) or {"rows": list(run.rows), "seed": run.seed, "scale": scale,
+                                  "command": run.command, "starts": []}
+    record["starts"].append({"commit": commit, "time": now(), **details})
+    write_json(record, run.folder / RECORD)
+
+
+def record_finish(run: Run, seconds: float) -> None:
+    """Add the seconds and time of the finish to the run folder's ``reproduce.json``."""
+    write_json({**read_record(run), "seconds": round(seconds, 1), "finished": now()}, run.folder / RECORD)
 
 
 def duration(seconds: Optional[float]) -> str:
@@ -121,10 +139,7 @@ def execute(runs: Sequence[Run], scale: str) -> list[Run]:
             continue
         eta = statistics.mean(seconds) * (left + 1) if seconds else None
         say(f"{head}: running, {left} left after it, ETA {duration(eta)}; {run.folder}")
-        record = read_record(run) or {"rows": list(run.rows), "seed": run.seed, "scale": scale,
-                                      "command": run.command, "starts": []}
-        record["starts"].append({"commit": commit, "time": now()})
-        write_json(record, run.folder / RECORD)
+        record_start(run, scale, commit)
         start = time.monotonic()
         try:
             code = launch(run)
@@ -138,5 +153,5 @@ def execute(runs: Sequence[Run], scale: str) -> list[Run]:
             failed.append(run)
             continue
         seconds.append(time.monotonic() - start)
-        write_json({**record, "seconds": round(seconds[-1], 1), "finished": now()}, run.folder / RECORD)
+        record_finish(run, seconds[-1])
     return failed
