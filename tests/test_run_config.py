@@ -108,3 +108,19 @@ def test_cli_resume_line_of_the_readme_continues_the_run(tmp_path):
     assert "training already complete at step 2" in (run_dir / "train.log").read_text()
     out = train("trainer.resume=auto", "data.crop_size=65")
     assert out.returncode == 1 and "data.crop_size: 33 -> 65" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_resuming_a_recipe_composes_its_later_stages_with_the_starting_commands_overrides(tmp_path):
+    """The SSL recipe's stage 2 sets its own max_iters and lr; the starting command's values, applied
+    again on top of each stage, must be too on a resume typed with trainer.resume=auto alone (without
+    overrides.yaml, stage 2 would come back at 20,000 steps and lr 0.0005 and its saved config refuse it)."""
+    typed = ["experiment=ssl/voc_deeplabv3", *TINY, "model.encoder=resnet18", "model.pretrained=false",
+             "model.multi_grid=null", "model.decoder_channels=16", "data=synthetic", "trainer.max_iters=2",
+             "optim.lr=0.001", "trainer.eval_every=0"]
+    run(compose_config(typed), tmp_path, typed)
+    stage2 = tmp_path / "stage2-finetune"
+    assert OmegaConf.load(stage2 / "config.yaml").optim.lr == 0.001
+    resume = ["trainer.resume=auto"]
+    final = run(compose_config(resume), tmp_path, resume)  # finished: trains nothing, refuses nothing
+    assert final["step"] == 2 and sorted(p.name for p in (stage2 / "checkpoints").iterdir()) == [
+        "best.pt", "step_0000002.pt"]

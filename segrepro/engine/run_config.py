@@ -6,6 +6,9 @@
 refused, naming each key with its old and new value, unless ``trainer.allow_config_change=true``
 says the change is meant. ``config.yaml`` is written once and never replaced by a different
 config (:func:`write_run_config`); a changed config goes beside it, as ``config-step<N>.yaml``.
+A recipe's stages are composed from the top-level config with the command line's overrides applied
+again on top of each stage: ``overrides.yaml`` keeps those of the command that started the run, so
+a resume composes the stages it has not reached yet as that command would have (:func:`stage_overrides`).
 """
 from __future__ import annotations
 
@@ -16,11 +19,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError, compose_config, saved_run_config
+from ..files import atomic_write
 from .checkpoint import resume_checkpoint
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+OVERRIDES_FILE = "overrides.yaml"  # the overrides of the command that started a run of several stages
 # how to run, not what is run: taken from the command line, never compared
 RUN_CONTROL_KEYS = ("trainer.resume", "trainer.allow_config_change", "trainer.progress", "data.num_workers")
 
@@ -122,3 +127,22 @@ def write_run_config(cfg, folder, step: int = 0) -> Path:
         path = folder / f"config-step{step:07d}.yaml"
     OmegaConf.save(cfg, path, resolve=True)
     return path
+
+
+def stage_overrides(cfg, run_dir, overrides: list[str]) -> list[str]:
+    """The overrides that compose a run's stages: on a resume, those of the command that started the run
+    (``overrides.yaml`` beside the saved ``config.yaml``) followed by this command's new ones; else this
+    command's. (The values come from the run's config; the overrides only say which keys were typed.)"""
+    path = saved_config_file(cfg, run_dir)
+    if path is None or not (path.parent / OVERRIDES_FILE).is_file():
+        return list(overrides)
+    started = list(OmegaConf.load(path.parent / OVERRIDES_FILE))
+    return started + [o for o in overrides if o not in started]
+
+
+def write_overrides(folder, overrides: list[str]) -> None:
+    """Record the overrides of the command that starts a run of several stages (once: a resume keeps them)."""
+    path = Path(folder) / OVERRIDES_FILE
+    if not path.is_file():
+        with atomic_write(path, "w", encoding="utf-8") as file:
+            file.write(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
