@@ -84,6 +84,17 @@ def test_an_allowed_change_is_applied_and_recorded_beside_config_yaml(tiny_cfg, 
     assert (tmp_path / "config.yaml").read_text() == saved
     changed = OmegaConf.load(tmp_path / "config-step0000003.yaml")
     assert changed.trainer.max_iters == 7 and changed.data.crop_size == 33
+    # a plain resume afterwards continues the changed run (7 steps: complete), not config.yaml's 6
+    assert resumed_config(compose_config(["trainer.resume=auto"]), tmp_path, []).trainer.max_iters == 7
+    assert run(compose_config(["trainer.resume=auto"]), tmp_path, ["trainer.resume=auto"])["step"] == 7
+
+
+def test_optimizer_settings_cannot_change_on_a_resume_even_when_allowed(tiny_cfg, tmp_path):
+    """The optimizer's and scheduler's state in the checkpoint would silently keep the old lr."""
+    write_run_config(tiny_cfg(), tmp_path)
+    typed = TINY + ["trainer.resume=auto", "optim.lr=0.05", "trainer.allow_config_change=true"]
+    with pytest.raises(ConfigError, match=r"optim.\* cannot change on a resume[\s\S]*optim.lr: 0.01 -> 0.05"):
+        resumed_config(compose_config(typed), tmp_path, typed)
 
 
 def test_a_fresh_start_over_another_runs_config_is_refused(tiny_cfg, tmp_path):

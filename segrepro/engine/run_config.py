@@ -77,7 +77,16 @@ def saved_config_file(cfg, run_dir) -> Path | None:
     if resume in (None, "", "none"):
         return None
     folder = Path(run_dir) if resume == "auto" else resume_checkpoint(resume, run_dir).parent.parent
-    path = folder / CONFIG_FILE
+    return newest_config(folder)
+
+
+def newest_config(folder) -> Path | None:
+    """The file of a run folder that describes its config now: the latest ``config-step<N>.yaml`` (a change
+    allowed on a resume), else ``config.yaml``; None if neither is there."""
+    changed = sorted(Path(folder).glob("config-step*.yaml"))
+    if changed:
+        return changed[-1]
+    path = Path(folder) / CONFIG_FILE
     return path if path.is_file() else None
 
 
@@ -100,6 +109,12 @@ def resumed_config(cfg, run_dir, overrides: list[str]):
             f"{path} holds the run being resumed; the command line would change it:\n{format_changes(changes)}\n"
             "Resume without these values to continue the run as it was started, or add "
             "trainer.allow_config_change=true to change them on purpose.")
+    optimizer = [change for change in changes if change[0].startswith("optim.")]
+    if optimizer:
+        raise ConfigError(
+            f"{path} holds the run being resumed; optim.* cannot change on a resume, whose optimizer and schedule "
+            f"continue from the checkpoint's state:\n{format_changes(optimizer)}\n"
+            "Start a new run from its weights instead: trainer.init_from=<its checkpoint> in another folder.")
     for key, _, new in changes:
         log.warning("resuming %s with %s changed to %r (trainer.allow_config_change)", path.parent, key, new)
         OmegaConf.update(saved, key, new, merge=False, force_add=True)
@@ -109,19 +124,19 @@ def resumed_config(cfg, run_dir, overrides: list[str]):
 
 
 def write_run_config(cfg, folder, step: int = 0) -> Path:
-    """Save ``cfg`` as ``folder/config.yaml``, or, if that file holds a different config and
-    ``trainer.allow_config_change`` is set, as ``folder/config-step<step>.yaml`` beside it (a
-    different config without it is a :class:`ConfigError`). Returns the file that describes ``cfg``."""
+    """Save ``cfg`` as ``folder/config.yaml``, or, if the folder's config (:func:`newest_config`) is a
+    different one and ``trainer.allow_config_change`` is set, as ``folder/config-step<step>.yaml`` beside
+    it (a different config without it is a :class:`ConfigError`). Returns the file that describes ``cfg``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CONFIG_FILE
-    if path.is_file():
-        changes = config_changes(saved_run_config(OmegaConf.to_container(OmegaConf.load(path))), cfg)
+    path, newest = folder / CONFIG_FILE, newest_config(folder)
+    if newest is not None:
+        changes = config_changes(saved_run_config(OmegaConf.to_container(OmegaConf.load(newest))), cfg)
         if not changes:
-            return path
+            return newest
         if not cfg.trainer.allow_config_change:
             raise ConfigError(
-                f"{path} holds another run's config; this run differs in:\n{format_changes(changes)}\n"
+                f"{newest} holds another run's config; this run differs in:\n{format_changes(changes)}\n"
                 "Continue that run with trainer.resume=auto, start this one in another folder "
                 "(hydra.run.dir=...), or add trainer.allow_config_change=true to go on in this folder.")
         path = folder / f"config-step{step:07d}.yaml"
