@@ -91,6 +91,32 @@ def test_sigusr1_stops_after_the_step_with_a_checkpoint(tiny_cfg, tmp_path, monk
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler is gone after the run
 
 
+def test_loader_workers_ended_by_the_stop_signal_still_give_a_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    """scancel sends SIGTERM to every process of the job: the loader workers die of it while the main
+    process waits for the next batch, and the loader raises; that error means "stop" too."""
+    batches = Trainer.batches
+
+    def workers_killed_before_step_3(self):
+        for number, batch in enumerate(batches(self)):
+            if number == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # recorded: the loop is armed
+                raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+            yield batch
+
+    monkeypatch.setattr(Trainer, "batches", workers_killed_before_step_3)
+    with pytest.raises(Preempted, match=r"stopped by SIGTERM after step 2 of 8"):
+        run(tiny_cfg(*SHORT, "trainer.max_iters=8"), tmp_path, [])
+    assert [s for s, _ in CheckpointDir(tmp_path / "checkpoints").steps()] == [2]
+
+    def workers_dead_without_a_signal(self):
+        raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+        yield
+
+    monkeypatch.setattr(Trainer, "batches", workers_dead_without_a_signal)
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):  # not a stop: the error as it is
+        run(tiny_cfg(*SHORT, "trainer.max_iters=8", "trainer.resume=auto"), tmp_path / "other", [])
+
+
 # --------------------------------------------------------------------- 2. a worker killed outright
 def children(pid: int) -> list[int]:
     found = []

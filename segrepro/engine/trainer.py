@@ -138,13 +138,20 @@ class Trainer:
 
     def next_batch(self, batches) -> tuple:
         """The next training batch; a file the dataset cannot read stops the run naming it (also when a
-        loader worker read it: the worker's traceback is reduced to the dataset's message)."""
+        loader worker read it: the worker's traceback is reduced to the dataset's message). A stop signal
+        sent to the whole process group (``scancel``, a preemption) also ends the loader workers: the
+        loader's error then means "stop", and the run checkpoints the step it finished, as for the signal
+        alone (under DDP every rank must meet it at the same step, as when the signal reaches them all)."""
         try:
             return next(batches)
         except DatasetError as error:
             message = str(error).rpartition("DatasetError: ")[2] or str(error)
             raise TrainingStopped(f"training stopped before step {self.step + 1}: {message.strip()}\n"
                                   f"  last checkpoint, left intact: {self.kept_checkpoint()}") from None
+        except RuntimeError:
+            if self.stop.received is None:
+                raise
+            self.stop_on_signal()
 
     def loss_inputs(self, images, labels) -> tuple:
         """``(logits, labels)``, or ``(logits, labels, features)`` for a loss that ``needs_features``."""
