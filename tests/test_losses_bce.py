@@ -45,7 +45,7 @@ def test_pixel_is_c_times_entry():
     logits, target = sample(c=5, size=6, seed=1)
     c = logits.shape[1]
     x = logits.clone().requires_grad_()
-    entry, pixel = BCELoss()(x, target), BCELoss(reduction="pixel")(x, target)
+    entry, pixel = BCELoss(reduction="entry")(x, target), BCELoss()(x, target)  # pixel: the default
     torch.testing.assert_close(pixel, c * entry, rtol=1e-13, atol=0)
     (grad_entry,) = torch.autograd.grad(entry, x)
     (grad_pixel,) = torch.autograd.grad(pixel, x)

@@ -100,7 +100,7 @@ SSL_CASES = [
     {"reweight": False},
     {"border": "zero"},
     {"border": "valid", "region_size": 7, "sigma": 3.0},
-    {"reduction": "pixel"},
+    {"reduction": "entry"},
 ]
 
 
@@ -123,7 +123,7 @@ SSIM_CASES = [
     {"form": "eq9"},
     {"form": "eq7", "border": "zero"},
     {"form": "eq9", "border": "valid", "window_size": 7, "sigma": 3.0},
-    {"form": "eq7", "reduction": "pixel"},
+    {"form": "eq7", "reduction": "entry"},
 ]
 
 
@@ -178,12 +178,12 @@ QUICK_LOSSES = {
     "ssim": (lambda: SSIMLoss(form="eq7"), lambda x, t: ref.ssim_loss(x, t, form="eq7")),
     "affinity": (lambda: AffinityFieldLoss(), ref.affinity_field_loss),
     "lad": (lambda: LADLoss(kernel_size=5), ref.lad_loss),
-    # the options (the defaults above: renorm border, entry reduction, official pairs, image pooling)
+    # the options (the defaults above: renorm border, pixel reduction, official pairs, image pooling)
     "ssl:border=zero": (lambda: SSLLoss(border="zero"), lambda x, t: ref.ssl_loss(x, t, border="zero")),
-    "ssl:border=valid,reduction=pixel": (lambda: SSLLoss(border="valid", reduction="pixel"),
-                                         lambda x, t: ref.ssl_loss(x, t, border="valid", reduction="pixel")),
-    "ssim:border=zero,reduction=pixel": (lambda: SSIMLoss(border="zero", reduction="pixel"),
-                                         lambda x, t: ref.ssim_loss(x, t, border="zero", reduction="pixel")),
+    "ssl:border=valid,reduction=entry": (lambda: SSLLoss(border="valid", reduction="entry"),
+                                         lambda x, t: ref.ssl_loss(x, t, border="valid", reduction="entry")),
+    "ssim:border=zero,reduction=entry": (lambda: SSIMLoss(border="zero", reduction="entry"),
+                                         lambda x, t: ref.ssim_loss(x, t, border="zero", reduction="entry")),
     "ssim:border=valid": (lambda: SSIMLoss(form="eq9", border="valid"),
                           lambda x, t: ref.ssim_loss(x, t, form="eq9", border="valid")),
     "affinity:official_pairs=false": (lambda: AffinityFieldLoss(official_pairs=False),

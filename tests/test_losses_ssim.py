@@ -23,7 +23,7 @@ C1, C2 = 0.01**2, 0.03**2
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "loss" / "ssim.yaml"
 
 
-def reference(logits, target, size=3, sigma=1.5, form="eq7", lam=0.5, border="renorm", reduction="entry"):
+def reference(logits, target, size=3, sigma=1.5, form="eq7", lam=0.5, border="renorm", reduction="pixel"):
     """The objective, with loops over valid pixels and window positions; differentiable w.r.t. logits.
     ``border``: the window positions outside the image are left out ("renorm"), or zeros that keep their
     weight ("zero"); "valid" averages 1 - S over the entries whose window lies inside the image only.
@@ -75,7 +75,7 @@ def test_value_and_gradient_match_loop_reference(form, size, sigma, lam):
 @pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("kwargs", [
     {"border": "zero"}, {"border": "valid"}, {"border": "zero", "form": "eq9", "size": 5, "sigma": 1.0},
-    {"border": "valid", "form": "eq9", "size": 5, "sigma": None}, {"reduction": "pixel", "lam": 0.3},
+    {"border": "valid", "form": "eq9", "size": 5, "sigma": None}, {"reduction": "entry", "lam": 0.3},
 ], ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
 def test_border_and_reduction_match_loop_reference(kwargs, impl, monkeypatch):
     monkeypatch.setattr(chunks, "CLASS_CHUNK", 2)  # three classes in two chunks
@@ -114,11 +114,11 @@ HAND_TARGET = torch.tensor([[[0, 0, 0], [0, 1, 1], [0, 1, 1]]])
 @pytest.mark.parametrize("impl", ["fast", "reference"])
 def test_valid_border_keeps_the_one_window_inside_a_3x3_image(impl):
     # Only the center's window lies inside: both classes have var_y = 4/9 - 16/81 = 20/81 (4 and 5 ones of 9),
-    # var_p = cov = 0, so S2 = C2 / (20/81 + C2); the BCE is log 2 for every entry.
+    # var_p = cov = 0, so S2 = C2 / (20/81 + C2); the BCE is log 2 for every entry, 2 log 2 for every pixel.
     logits = torch.zeros(1, 2, 3, 3, dtype=torch.float64)
     for lam in (0.0, 0.25):
         loss = SSIMLoss(window_size=3, sigma=None, form="eq9", lam=lam, border="valid", impl=impl)
-        expected = lam * math.log(2) + (1 - lam) * (1 - C2 / (20 / 81 + C2))
+        expected = lam * 2 * math.log(2) + (1 - lam) * (1 - C2 / (20 / 81 + C2))
         assert loss(logits, HAND_TARGET).item() == pytest.approx(expected, rel=1e-12)
     # A 2-pixel-high image has no window inside: L_ssim is 0.
     loss = SSIMLoss(window_size=3, lam=0.0, border="valid", impl=impl)
@@ -152,12 +152,13 @@ def test_pixel_reduction_is_c_times_the_entry_bce():
     c = logits.shape[1]
     for impl in ("fast", "reference"):
         value, grad = value_and_grad(SSIMLoss(lam=0.3, reduction="pixel", impl=impl), logits, target)
-        bce_entry, bce_grad = value_and_grad(SSIMLoss(lam=1.0, impl=impl), logits, target)
+        bce_entry, bce_grad = value_and_grad(SSIMLoss(lam=1.0, reduction="entry", impl=impl), logits, target)
         ssim, ssim_grad = value_and_grad(SSIMLoss(lam=0.0, impl=impl), logits, target)
         torch.testing.assert_close(value, 0.3 * c * bce_entry + 0.7 * ssim, rtol=1e-12, atol=0)
         torch.testing.assert_close(grad, 0.3 * c * bce_grad + 0.7 * ssim_grad, rtol=1e-10, atol=1e-15)
     terms = SSIMLoss(lam=0.3, reduction="pixel").terms(logits, target)
-    torch.testing.assert_close(terms["bce"], c * SSIMLoss().terms(logits, target)["bce"], rtol=1e-12, atol=0)
+    entry = SSIMLoss(reduction="entry").terms(logits, target)["bce"]
+    torch.testing.assert_close(terms["bce"], c * entry, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("form", ["eq7", "eq9"])

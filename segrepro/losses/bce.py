@@ -14,11 +14,12 @@ def bce_map(x: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch
 
 
 class BCELoss(PixelLoss):
-    """Sigmoid cross entropy of every class channel against the one-hot target: the mean over the valid
-    (pixel, class) entries (``reduction="entry"``), or summed over the classes and averaged over the valid
-    pixels (``reduction="pixel"``, the ``-1/N sum_n sum_c`` of SSL Eq. 1; ``C`` times ``"entry"``)."""
+    """Sigmoid cross entropy of every class channel against the one-hot target: summed over the classes
+    and averaged over the valid pixels (``reduction="pixel"``, the default: the ``-1/N sum_n sum_c`` of SSL
+    Eq. 1), or the mean over the valid (pixel, class) entries (``reduction="entry"``, the spec's form:
+    ``C`` times smaller, gradient included; docs/fidelity.md, "The scale of BCE", says why not)."""
 
-    def __init__(self, ignore_index: int = 255, reduction: str = "entry"):
+    def __init__(self, ignore_index: int = 255, reduction: str = "pixel"):
         super().__init__(ignore_index)
         check_choice("reduction", reduction, REDUCTIONS)
         self.reduction = reduction

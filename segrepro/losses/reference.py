@@ -148,7 +148,7 @@ def _bce(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(x, y, reduction="none")
 
 
-def bce_term(bce: torch.Tensor, valid: torch.Tensor, reduction: str = "entry") -> torch.Tensor:
+def bce_term(bce: torch.Tensor, valid: torch.Tensor, reduction: str = "pixel") -> torch.Tensor:
     """The BCE ``L_ce`` of Eq. 17 from the per-entry ``bce [N, C, H, W]``: the mean over the valid (pixel,
     class) entries (``"entry"``), or summed over the classes and averaged over the valid pixels (``"pixel"``,
     the ``-1/N sum_n sum_c`` of SSL Eq. 1; ``C`` times ``"entry"``)."""
@@ -208,7 +208,7 @@ def ssl_error_map(logits, target, region_size: int = 3, sigma=1.5, c4: float = 0
 
 def ssl_loss(logits, target, region_size: int = 3, sigma=1.5, beta: float = 0.1, lam: float = 0.5,
              c4: float = 0.01, ohem: bool = True, reweight: bool = True, ignore_index: int = 255,
-             border: str = "renorm", reduction: str = "entry"):
+             border: str = "renorm", reduction: str = "pixel"):
     """``lam * BCE + (1 - lam) * L_ssl`` (SSL Eq. 17), ``SSLLoss``.
 
     - ``e`` (Eq. 10, :func:`ssl_error_map`), a constant weight: no gradient flows through it.
@@ -266,7 +266,7 @@ def ssim_map(p: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, window: torch
 
 
 def ssim_loss(logits, target, window_size: int = 3, sigma=1.5, form: str = "eq7", lam: float = 0.5,
-              ignore_index: int = 255, border: str = "renorm", reduction: str = "entry"):
+              ignore_index: int = 255, border: str = "renorm", reduction: str = "pixel"):
     """``lam * BCE + (1 - lam) * L_ssim`` (``SSIMLoss``): ``L_ssim`` the mean of ``1 - S`` (Eq. 7, or
     ``1 - S2``, Eq. 9) over the valid (pixel, class) entries (with ``border="valid"``, those whose window lies
     inside the image; 0 if there is none), between ``p = sigmoid(logits)`` (0 at ignored pixels) and the

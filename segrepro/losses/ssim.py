@@ -44,7 +44,7 @@ class SSIMLoss(SegmentationLoss):
     """
 
     def __init__(self, window_size: int = 3, sigma: float | None = 1.5, form: str = "eq7", lam: float = 0.5,
-                 ignore_index: int = 255, impl: str = "fast", border: str = "renorm", reduction: str = "entry"):
+                 ignore_index: int = 255, impl: str = "fast", border: str = "renorm", reduction: str = "pixel"):
         super().__init__()
         check_window("window_size", window_size)
         check_choice("impl", impl, IMPLEMENTATIONS)

@@ -71,9 +71,10 @@ class SSLLoss(SegmentationLoss):
     ``border`` (``"renorm"``, ``"zero"``, ``"valid"``) is the convention of the
     image border (:mod:`segrepro.losses._stats`); with ``"valid"`` the entries
     whose window crosses the border have no ``e`` (0) and are never hard.
-    ``reduction`` is that of the BCE term (``"entry"``: mean over the valid
-    entries, as :class:`BCELoss`; ``"pixel"``: summed over the classes, mean
-    over the valid pixels); ``L_ssl`` keeps its ``1 / M``.
+    ``reduction`` is that of the BCE term, as in :class:`BCELoss` (``"pixel"``,
+    the default: summed over the classes, mean over the valid pixels, as
+    ``L_ce`` enters Eq. 17; ``"entry"``: mean over the valid entries);
+    ``L_ssl`` keeps its ``1 / M``.
     """
 
     def __init__(
@@ -88,7 +89,7 @@ class SSLLoss(SegmentationLoss):
         ignore_index: int = 255,
         impl: str = "fast",
         border: str = "renorm",
-        reduction: str = "entry",
+        reduction: str = "pixel",
     ):
         super().__init__()
         check_window("region_size", region_size)
