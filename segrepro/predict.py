@@ -35,6 +35,8 @@ from .evaluate import checkpoint_model, load_run
 from .files import atomic_write, write_json
 
 PLAIN_FOLDER = "predictions"  # the PNGs' folder for a split without a server layout
+
+
 def image_ids(dataset) -> list[str]:
     """The name of each image's prediction: its file name without the extension (the id a server expects),
     or the index for a dataset without files (the synthetic one)."""

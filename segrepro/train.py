@@ -18,7 +18,7 @@ from .engine.checkpoint import CheckpointDir
 from .engine.distributed import cleanup, init_distributed
 from .engine.preemption import StopSignal
 from .engine.run_lock import RunLock
-from .engine.run_config import resumed_config, stage_overrides, write_overrides, write_run_config
+from .engine.run_config import newest_config, resumed_config, stage_overrides, write_overrides, write_run_config
 from .engine.trainer import Trainer
 from .entry import guarded, run_hydra
 from .metrics import format_comparison, format_report
@@ -59,11 +59,13 @@ def run(cfg, run_dir, overrides: list[str]) -> dict:
     with StopSignal() as stop, RunLock(run_dir):
         cfg = resumed_config(cfg, run_dir, overrides)
         overrides = stage_overrides(cfg, run_dir, overrides)
+        fresh = newest_config(run_dir) is None  # (a run started before overrides.yaml existed gets none)
         dist_info = init_distributed(cfg.trainer.device)
         try:
             if cfg.stages and dist_info.is_main:
                 write_run_config(cfg, run_dir)
-                write_overrides(run_dir, overrides)
+                if fresh:
+                    write_overrides(run_dir, overrides)
             return run_stages(cfg, run_dir, overrides, dist_info, stop)
         finally:
             cleanup()

@@ -187,8 +187,8 @@ def test_a_smoke_table_end_to_end_and_again(tmp_path, monkeypatch, capsys):
     assert "[4/4] ssl3 seed 1 (train): running, 0 left after it, ETA " in out
     assert [(run.rows, run.seed) for run in launched] == [(("ce",), 0), (("ssl3",), 0), (("ce",), 1), (("ssl3",), 1)]
     folder = root / "ssl_table2" / "smoke"
-    assert sorted(p.name for p in folder.iterdir()) == ["ce", "qualitative.png", "runs.json", "ssl3", "table.csv",
-                                                         "table.md", "table.png", "table.tex"]
+    assert sorted(p.name for p in folder.iterdir()) == ["ce", "qualitative.json", "qualitative.png", "runs.json",
+                                                         "ssl3", "table.csv", "table.md", "table.png", "table.tex"]
     text = (folder / "table.md").read_text()
     assert "- qualitative.png: validation images, input | truth | each row's prediction" in text
     lines = table_lines(text)

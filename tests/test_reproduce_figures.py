@@ -126,7 +126,6 @@ def test_figure4_counts_as_the_reference_loss_does(trained, monkeypatch):
     assert surely_hard <= hard <= maybe_hard < 1.1 * surely_hard
     assert 0 < hard < valid
     assert float(row["hard_percent"]) == pytest.approx(100 * int(row["hard_entries"]) / valid)
-    assert 0 < hard < valid
     shares = [float(rows[b]["hard_percent"]) for b in sorted(rows)]
     assert shares == sorted(shares, reverse=True)  # fewer hard entries as beta grows
     assert_real_png(folder / "figure.png")

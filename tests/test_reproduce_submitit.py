@@ -126,6 +126,7 @@ def test_a_job_task_runs_the_command_with_submitits_torch_distributed_variables(
             "signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN, int(os.environ['MASTER_PORT']) > 0)")
     assert RunJob([sys.executable, "-c", show], "show")() > 0
     assert capfd.readouterr().out.split() == ["1", "2", "1", "2", socket.gethostname(), "0,1", "1", "True", "True"]
+    assert "RANK" not in os.environ and "WORLD_SIZE" not in os.environ  # the run's alone: not this process's
     with pytest.raises(RuntimeError, match=r"^broken failed \(exit code 3\)"):
         RunJob([sys.executable, "-c", "raise SystemExit(3)"], "broken")()
     with pytest.raises(RuntimeError, match=r"stopped on a signal after writing a checkpoint \(exit code 75\); it resumes"):

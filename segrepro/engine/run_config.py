@@ -156,8 +156,6 @@ def stage_overrides(cfg, run_dir, overrides: list[str]) -> list[str]:
 
 
 def write_overrides(folder, overrides: list[str]) -> None:
-    """Record the overrides of the command that starts a run of several stages (once: a resume keeps them)."""
-    path = Path(folder) / OVERRIDES_FILE
-    if not path.is_file():
-        with atomic_write(path, "w", encoding="utf-8") as file:
-            file.write(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    """Record the overrides of the command that starts a run of several stages."""
+    with atomic_write(Path(folder) / OVERRIDES_FILE, "w", encoding="utf-8") as file:
+        file.write(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))

@@ -136,12 +136,12 @@ class Trainer:
     def kept_checkpoint(self) -> str:
         return str(self.last_checkpoint or "none (no checkpoint was written yet)")
 
-    def next_batch(self, batches) -> tuple:
+    def next_batch(self, batches) -> tuple | None:
         """The next training batch; a file the dataset cannot read stops the run naming it (also when a
         loader worker read it: the worker's traceback is reduced to the dataset's message). A stop signal
         sent to the whole process group (``scancel``, a preemption) also ends the loader workers: the
-        loader's error then means "stop", and the run checkpoints the step it finished, as for the signal
-        alone (under DDP every rank must meet it at the same step, as when the signal reaches them all)."""
+        loader's error after a stop signal gives None, and the loop's :meth:`StopSignal.agreed` stops
+        every rank after the step they all finished, with a checkpoint, as for the signal alone."""
         try:
             return next(batches)
         except DatasetError as error:
@@ -151,7 +151,7 @@ class Trainer:
         except RuntimeError:
             if self.stop.received is None:
                 raise
-            self.stop_on_signal()
+            return None
 
     def loss_inputs(self, images, labels) -> tuple:
         """``(logits, labels)``, or ``(logits, labels, features)`` for a loss that ``needs_features``."""
@@ -267,10 +267,11 @@ class Trainer:
         with self.stop.armed():  # a stop signal waits for the end of the step
             log.info("training from step %d to %d", self.step, tcfg.max_iters)
             while self.step < tcfg.max_iters:
-                if self.stop.agreed(self.device):
+                batch = self.next_batch(batches)  # None: the loader's workers died of a stop signal
+                if self.stop.agreed(self.device):  # every rank stops after the same step
                     bar.close()
                     self.stop_on_signal()
-                value = self.train_step(*self.next_batch(batches))
+                value = self.train_step(*batch)
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
                 if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step < tcfg.max_iters:

@@ -16,7 +16,7 @@ Options (``key=value``, as the other commands take them; ``rows=ce,ssl3`` is one
   experiments=      another folder of table files (default: segrepro's experiments/)
   launcher=local    local: each run a subprocess of this command, one after another; submitit: each run
                     its own submitit job (segrepro/reproduce/submitit_launcher.py), with:
-    cluster=        slurm (sbatch), local (processes on this machine, all at once), debug (in this process);
+    cluster=        slurm (sbatch), local (processes on this machine, one by one), debug (in this process);
                     default: slurm where srun is found, else local
     wait=           true: wait for the jobs and write the whole table (default, except on slurm); false:
                     submit and return, the same command later collects what has finished
@@ -124,9 +124,9 @@ def reproduce(options: Options) -> int:
     folder = root / name / scale.name
     if figure is not None:
         failed = execute(runs, scale, options, folder)
-        if len(failed) == len(runs):
-            raise ConfigError(f"none of the {len(runs)} runs of {table.name}/{figure.row.id} finished; nothing drawn. "
-                              "Run the same command again to retry them")
+        if not any(run.finished() for run in runs):  # failed, or jobs still pending (launcher=submitit wait=false)
+            raise ConfigError(f"none of the {len(runs)} runs of {table.name}/{figure.row.id} has finished yet; nothing "
+                              "drawn. Run the same command again to retry them or collect their jobs")
         path = figures.draw(figure, table, scale, runs, folder)
         print(path.read_text())
         print(f"written: {path} (and figure.png, figure.csv beside it)")

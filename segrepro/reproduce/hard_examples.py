@@ -33,6 +33,7 @@ from ..engine.distributed import pick_device
 from ..evaluate import checkpoint_model, read_checkpoint
 from ..files import atomic_write
 from ..losses import SSLLoss
+from .plots import pyplot, save_png
 from .spec import Figure
 from .stats import summarize
 
@@ -103,10 +104,7 @@ def write_csv(figure: Figure, by_seed: dict[int, HardCounts], path: Path) -> Non
 def plot(figure: Figure, by_seed: dict[int, HardCounts], subtitle: str, path: Path) -> None:
     """The share against beta (mean over the seeds, band min-max), Table 3's betas marked, the
     paper's value at its beta as a star."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     betas = all_betas(figure)
     shares = list(zip(*(counts.percent() for counts in by_seed.values())))  # per beta, one per seed
@@ -128,9 +126,7 @@ def plot(figure: Figure, by_seed: dict[int, HardCounts], subtitle: str, path: Pa
     axis.legend(fontsize=8)
     fig.suptitle(f"{figure.title}\n{textwrap.fill(subtitle, 90, break_on_hyphens=False)}", fontsize=9)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def summary_lines(figure: Figure, by_seed: dict[int, HardCounts]) -> list[str]:

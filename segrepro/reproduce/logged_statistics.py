@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from ..config import ConfigError
 from ..files import atomic_write
 from .plan import Run
+from .plots import pyplot, save_png
 from .spec import Figure
 
 # tag -> (panel, colour, line style, label); the paper: "The black line and dark green line represent
@@ -95,10 +96,7 @@ def across_seeds(by_seed: dict[int, dict[str, dict[int, float]]], tag: str) -> t
 
 def plot(figure: Figure, by_seed: dict[int, dict[str, dict[int, float]]], e_max: float, subtitle: str,
          path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, panels = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     for tag in figure.scalars:
@@ -121,9 +119,7 @@ def plot(figure: Figure, by_seed: dict[int, dict[str, dict[int, float]]], e_max:
     details = f"{subtitle}; {seeds}; smoothed {figure.smoothing} (faint: unsmoothed)"
     fig.suptitle(f"{figure.title}\n{textwrap.fill(details, 150, break_on_hyphens=False)}", fontsize=9)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def summary_lines(figure: Figure, by_seed: dict[int, dict[str, dict[int, float]]], e_max: float) -> list[str]:

@@ -9,6 +9,7 @@ the same ones; the input and the truth are drawn from the first row's dataset.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,11 +18,14 @@ import torch
 
 from ..data import build_dataset
 from ..data.voc import colour_map
+from ..engine.distributed import pick_device
 from ..engine.evaluator import to_uint8_images
 from ..engine.visualize import colorize
 from ..evaluate import checkpoint_model, read_checkpoint
-from ..files import atomic_write
+from ..files import write_json
 from .plan import Run
+from .runner import one_line
+from .plots import pyplot, save_png
 
 COUNT = 4  # images in the figure
 
@@ -36,13 +40,14 @@ def predict(checkpoint: Path, count: int = COUNT) -> dict:
     """The inputs (uint8 RGB), truths and predictions (colour images ``[K, H, W, 3]``) of a checkpoint
     on ``image_indices`` of its validation split."""
     state, cfg = read_checkpoint(checkpoint)
-    model = checkpoint_model(state, cfg.model, cfg.data.num_classes).eval()
+    device = pick_device(cfg.trainer.device)
+    model = checkpoint_model(state, cfg.model, cfg.data.num_classes).to(device).eval()
     dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
     palette = getattr(dataset, "palette", None) or colour_map(cfg.data.num_classes)
     inputs, truths, predictions = [], [], []
     for index in image_indices(len(dataset), count):
         image, label = dataset[index]
-        prediction = model(image[None]).argmax(1)
+        prediction = model(image[None].to(device)).argmax(1).cpu()
         inputs.append(to_uint8_images(image[None], cfg.data.mean, cfg.data.std)[0])
         truths.append(colorize(label[None], palette, cfg.data.ignore_index)[0].permute(1, 2, 0).numpy())
         predictions.append(colorize(prediction, palette, cfg.data.ignore_index)[0].permute(1, 2, 0).numpy())
@@ -59,10 +64,7 @@ def first_checkpoint(runs: Sequence[Run], row_id: str) -> Optional[Path]:
 
 def draw(columns: dict, path: Path, title: str) -> None:
     """``columns``: label -> list of ``[H, W, 3]`` images (one per figure row), left to right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = list(columns)
     count = len(columns[labels[0]])
@@ -78,19 +80,22 @@ def draw(columns: dict, path: Path, title: str) -> None:
         axes[0][j].set_title(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_qualitative(table_title: str, rows: Sequence, runs: Sequence[Run], path: Path,
                       count: int = COUNT) -> Optional[str]:
-    """Draw the figure of the training ``rows`` (spec rows) that have a finished run into ``path``;
-    None when drawn, else why not (no row has finished; the images cannot be read here)."""
+    """Draw the figure of the training ``rows`` (spec rows) that have a finished run into ``path``
+    (``qualitative.json`` beside it names the checkpoints: the same ones are not drawn again); None
+    when drawn, else why not (no row has finished; an error, e.g. the images cannot be read here)."""
     trained = [(row, first_checkpoint(runs, row.id)) for row in rows if row.trains]
     trained = [(row, checkpoint) for row, checkpoint in trained if checkpoint is not None]
     if not trained:
         return "no row has a finished run yet"
+    drawn = {row.id: str(checkpoint) for row, checkpoint in trained}
+    record = path.with_suffix(".json")  # the checkpoints the figure on disk shows
+    if path.is_file() and record.is_file() and json.loads(record.read_text()) == drawn:
+        return None
     columns = {}
     try:
         for row, checkpoint in trained:
@@ -98,7 +103,8 @@ def write_qualitative(table_title: str, rows: Sequence, runs: Sequence[Run], pat
             if not columns:
                 columns = {"input": predicted["inputs"], "ground truth": predicted["truths"]}
             columns[row.id] = predicted["predictions"]
-    except (OSError, ValueError) as exc:
-        return f"the validation images cannot be read here ({exc})"
+    except Exception as exc:  # a figure never costs the table: say why and go on
+        return f"{type(exc).__name__}: {one_line(exc)}"
     draw(columns, path, f"{table_title}: validation images, each row's prediction (first finished seed)")
+    write_json(drawn, record)
     return None

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from ..files import atomic_write, write_json
 from .plan import Run
+from .plots import pyplot, save_png
 from .qualitative import write_qualitative
 from .runner import read_record
 from .spec import Row, Scale, Table
@@ -255,10 +256,7 @@ def tex(table: Table, scale: Scale, rows: Sequence[RowResult]) -> str:
 def plot(table: Table, scale: Scale, rows: Sequence[RowResult], path: Path) -> None:
     """Left: the paper's value and ours (mean, std error bar) per row; right: each row minus its
     baseline, the paper's and ours (95 % interval). Baseline rows are shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ys = list(range(len(rows)))
     fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(11, 1.6 + 0.42 * len(rows)))
@@ -292,9 +290,7 @@ def plot(table: Table, scale: Scale, rows: Sequence[RowResult], path: Path) -> N
         axis.grid(axis="x", alpha=0.3)
     fig.suptitle(f"{table.title}\nscale {scale.name}: {scale.description}", fontsize=9)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_per_class(table: Table, rows: Sequence[RowResult], path: Path) -> bool:
@@ -303,10 +299,7 @@ def plot_per_class(table: Table, rows: Sequence[RowResult], path: Path) -> bool:
     compared = [r for r in rows if r.row.per_class and r.per_class is not None]
     if not compared:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(compared[0].row.per_class)
     xs = list(range(len(names)))
@@ -320,9 +313,7 @@ def plot_per_class(table: Table, rows: Sequence[RowResult], path: Path) -> bool:
     axes[-1, 0].set_xticks(xs, names, rotation=60, ha="right", fontsize=8)
     fig.suptitle(f"{table.title}: per-class IoU", fontsize=9)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
     return True
 
 
@@ -332,14 +323,9 @@ def write_report(table: Table, scale: Scale, seeds: Sequence[int], runs: Sequenc
     ``table.md``."""
     rows = results(table, runs, seeds)
     folder = Path(folder)
-    figures = []
-    if plot_per_class(table, rows, folder / "per_class.png"):
-        figures.append("per_class.png: per-class IoU, the paper's beside ours")
-    not_drawn = write_qualitative(table.title, [r.row for r in rows], runs, folder / "qualitative.png")
-    figures.append(f"qualitative.png not drawn: {not_drawn}" if not_drawn else
-                   "qualitative.png: validation images, input | truth | each row's prediction")
+    text = markdown(table, scale, seeds, rows, runs)
     with atomic_write(folder / "table.md", "w", encoding="utf-8") as file:
-        file.write(markdown(table, scale, seeds, rows, runs) + "\n" + "\n".join(f"- {f}" for f in figures) + "\n")
+        file.write(text)
     write_csv(rows, seeds, folder / "table.csv")
     with atomic_write(folder / "table.tex", "w", encoding="utf-8") as file:
         file.write(tex(table, scale, rows))
@@ -354,4 +340,13 @@ def write_report(table: Table, scale: Scale, seeds: Sequence[int], runs: Sequenc
                   "values": {row_id: values[row_id][run.seed] for row_id in run.rows}}
                  for run in runs],
     }, folder / "runs.json")
+    # the figures last: the numbers are written whatever happens to them
+    figures = []
+    if plot_per_class(table, rows, folder / "per_class.png"):
+        figures.append("per_class.png: per-class IoU, the paper's beside ours")
+    not_drawn = write_qualitative(table.title, [r.row for r in rows], runs, folder / "qualitative.png")
+    figures.append(f"qualitative.png not drawn: {not_drawn}" if not_drawn else
+                   "qualitative.png: validation images, input | truth | each row's prediction")
+    with atomic_write(folder / "table.md", "w", encoding="utf-8") as file:
+        file.write(text + "\n" + "\n".join(f"- {f}" for f in figures) + "\n")
     return folder / "table.md"

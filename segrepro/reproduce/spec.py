@@ -29,13 +29,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _find_experiments_dir() -> Path:
     """The table files: ``segrepro/experiments`` inside an installed wheel (pyproject.toml maps the
-    repository's top-level ``experiments/`` there), else ``experiments/`` of the source checkout."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "experiments", REPO / "experiments"):
-        if (candidate / "scales").is_dir():
-            return candidate
-    raise FileNotFoundError(f"segrepro's experiments are missing: neither {package / 'experiments'} (an installed "
-                            f"package) nor {REPO / 'experiments'} (a source checkout) holds scales/")
+    repository's top-level ``experiments/`` there), else ``experiments/`` of the source checkout (where
+    neither is, ``load_table`` says so, and ``experiments=PATH`` names another folder)."""
+    package = Path(__file__).resolve().parents[1] / "experiments"
+    return package if (package / "scales").is_dir() else REPO / "experiments"
 
 
 EXPERIMENTS_DIR = _find_experiments_dir()

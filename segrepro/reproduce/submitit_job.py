@@ -3,7 +3,7 @@
 as a subprocess by each task of the job.
 
 **torch.distributed.** A job has one task per GPU (``tasks_per_node`` = GPUs per node, as
-``torchrun --nproc_per_node``). Each task exports what
+``torchrun --nproc_per_node``). Each task gives its run (in the run's environment only) what
 :class:`submitit.helpers.TorchDistributedEnvironment` reads from the scheduler (``MASTER_ADDR``: the
 job's first node; ``MASTER_PORT``; ``RANK``; ``WORLD_SIZE``; ``LOCAL_RANK``; ``LOCAL_WORLD_SIZE``)
 and starts the run, which joins the process group from these variables as it does under torchrun
@@ -66,12 +66,16 @@ class RunJob(submitit.helpers.Checkpointable):
     def __call__(self) -> float:
         """Run the command in this task with torch.distributed's variables set; its seconds. A
         RuntimeError when it fails or stops early."""
-        distributed = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
-                                                                            overwrite=True)
+        distributed = submitit.helpers.TorchDistributedEnvironment()
+        # the run's environment only: a job of cluster=debug runs in the calling process, whose own
+        # environment must not learn a rank (its next torch.distributed start would wait for peers)
+        env = {**os.environ, "MASTER_ADDR": distributed.master_addr, "MASTER_PORT": str(distributed.master_port),
+               "RANK": str(distributed.rank), "WORLD_SIZE": str(distributed.world_size),
+               "LOCAL_RANK": str(distributed.local_rank), "LOCAL_WORLD_SIZE": str(distributed.local_world_size)}
         if distributed.local_world_size > 1:
-            os.environ.setdefault("OMP_NUM_THREADS", "1")
+            env.setdefault("OMP_NUM_THREADS", "1")
         start = time.monotonic()
-        self.process = subprocess.Popen(self.command, preexec_fn=ignore_submitit_signal)
+        self.process = subprocess.Popen(self.command, env=env, preexec_fn=ignore_submitit_signal)
         code = self.process.wait()
         if code == PREEMPTED_EXIT_CODE:
             raise RuntimeError(f"{self.name} stopped on a signal after writing a checkpoint (exit code {code}); it "

@@ -1,7 +1,8 @@
 """``segrepro reproduce ... launcher=submitit``: each unfinished run of a table becomes its own
 submitit job (:mod:`.submitit_job`). ``cluster=slurm`` submits them with sbatch, one job array per
 call. ``cluster=local`` runs them as processes on this machine through submitit's local executor,
-which starts every job at once. ``cluster=debug`` runs them in this process (submitit's executor for
+one job after another (that executor would start every job at once, each seeing the same first
+``gpus_per_job`` GPUs). ``cluster=debug`` runs them in this process (submitit's executor for
 debuggers). By default submitit picks: slurm where ``srun`` is on the PATH, local elsewhere.
 
 - **Resources.** A job asks for ``gpus_per_job`` GPUs spread evenly over ``nodes`` nodes, one task per
@@ -162,6 +163,8 @@ def execute(runs: Sequence[Run], scale: str, options, folder: Path) -> list[Run]
     while True:
         ready = [run for run in runs if run not in jobs and run not in failed and not run.finished()
                  and (run.needs is None or run.needs.finished())]
+        if executor.cluster == "local":  # submitit's local executor starts every job at once, each on GPU 0..
+            ready = ready[:1]
         jobs.update(submit(ready, executor, scale))
         if not wait or not jobs:
             break
