@@ -101,6 +101,47 @@ def finish(run, miou: float, class_names=("a", "b"), step=None) -> None:
                                            list(class_names), "final": {"miou": miou / 100, "iou": iou}}))
 
 
+def test_a_folder_holding_a_run_of_another_config_stops_the_table(tmp_path, monkeypatch, capsys):
+    """A finished or interrupted run whose saved config is not the table's (here: another lr, as after an
+    edited recipe) is neither reported nor continued as the row's: the table stops before any training,
+    naming the folder and the key. A run saved with the table's config is taken as it is."""
+    from omegaconf import OmegaConf
+
+    table, scale = load_table("ssl_table2"), load_scale("smoke", "unused")
+    ce, ssl3 = plan.plan(table, scale, [0], tmp_path, ["ce", "ssl3"])
+    assert ce.config.trainer.seed == 0 and ce.config_changes() == []
+    other = ce.config.copy()
+    other.optim.lr = 0.5
+    ce.folder.mkdir(parents=True)
+    OmegaConf.save(other, ce.folder / "config.yaml", resolve=True)
+    ssl3.folder.mkdir(parents=True)
+    OmegaConf.save(ssl3.config, ssl3.folder / "config.yaml", resolve=True)
+    assert ce.config_changes() == [("optim.lr", 0.5, ce.config.optim.lr)] and ssl3.config_changes() == []
+    monkeypatch.setattr(runner, "launch", lambda run: pytest.fail(f"{run.describe()} ran"))
+    assert reproduce(monkeypatch, "table=ssl_table2", "scale=smoke", "rows=ce,ssl3", f"root={tmp_path}") == 1
+    err = capsys.readouterr().err
+    assert f"ce seed 0 (train): {ce.folder} (optim.lr: 0.5 -> {ce.config.optim.lr!r})" in err
+    assert "ssl3 seed 0" not in err and "Move them away" in err
+
+
+def test_an_evaluation_older_than_its_checkpoint_has_not_finished(tmp_path):
+    """The CRF rows' eval.json counts only while it is newer than the checkpoint it read: a training run
+    again since (its folder moved away, say) leaves it to be evaluated again."""
+    import os
+
+    table, scale = load_table("ssl_table5"), load_scale("smoke", "unused")
+    evaluation = next(run for run in plan.plan(table, scale, [0], tmp_path) if run.kind == "eval")
+    evaluation.checkpoint.parent.mkdir(parents=True)
+    evaluation.checkpoint.write_bytes(b"weights")
+    evaluation.folder.mkdir(parents=True)
+    evaluation.result_file.write_text(json.dumps({"miou": 0.5}))
+    os.utime(evaluation.checkpoint, (1_000_000, 2_000_000))
+    os.utime(evaluation.result_file, (1_000_000, 2_000_001))
+    assert evaluation.finished()
+    os.utime(evaluation.checkpoint, (1_000_000, 2_000_002))
+    assert not evaluation.finished()
+
+
 def test_report_of_finished_missing_and_unfinished_runs(tmp_path):
     table, scale = load_table("ssl_table2"), load_scale("smoke", "unused")
     runs = plan.plan(table, scale, [0, 1], tmp_path)

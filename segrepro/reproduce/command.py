@@ -119,6 +119,7 @@ def reproduce(options: Options) -> int:
         for run in runs:
             print(run.command)
         return 0
+    runner.check_configs(runs)
     runner.check_data(runs)
     print(f"{title}: {source} at scale {scale.name} ({scale.description})", flush=True)
     folder = root / name / scale.name

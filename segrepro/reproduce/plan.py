@@ -8,7 +8,9 @@ last: where both set a key, the scale's value is the one used), then the seed, `
 and the folder; so the same command starts, resumes and, once finished, would only re-report the
 run. It has finished when the last stage's ``metrics.json`` is at that stage's ``max_iters`` (the
 trainer also writes it at the periodic evaluations). An evaluation has finished when its
-``eval.json`` exists.
+``eval.json`` exists and is newer than the checkpoint it read (a training run again since leaves it
+out of date). A folder whose saved config differs from the one the table composes holds a run of
+another config (:meth:`Run.config_changes`): the table refuses it rather than report or continue it.
 """
 from __future__ import annotations
 
@@ -19,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..config import check_overrides, compose_config
+from omegaconf import OmegaConf
+
+from ..config import check_overrides, compose_config, saved_run_config
 from ..engine.checkpoint import CheckpointDir
+from ..engine.run_config import config_changes, newest_config
 from ..train import stage_configs
 from .spec import Row, Scale, Table
 
@@ -38,6 +43,7 @@ class Run:
     result_file: Path
     final_step: Optional[int] = None  # training: the last stage's max_iters
     checkpoint: Optional[Path] = None  # training: the final checkpoint it writes; evaluation: the one it reads
+    config: object = None  # training: the composed config (a recipe's stages in its ``stages``)
     stages: tuple = ()  # training: the composed config of each stage (the datasets it reads)
     stage_folders: tuple[Path, ...] = ()  # training: each stage's folder, in order (its tb/, checkpoints/)
     needs: Optional["Run"] = None
@@ -57,7 +63,8 @@ class Run:
             return None
         data = json.loads(self.result_file.read_text())
         if self.kind == "eval":
-            return data
+            checkpoint = self.checkpoint.stat().st_mtime if self.checkpoint.is_file() else 0
+            return data if self.result_file.stat().st_mtime >= checkpoint else None
         if data.get("step") != self.final_step or "final" not in data:
             return None
         return {**data["final"], "class_names": data.get("class_names")}
@@ -65,28 +72,37 @@ class Run:
     def finished(self) -> bool:
         return self.read() is not None
 
+    def config_changes(self) -> list[tuple[str, object, object]]:
+        """``[(key, saved value, the table's value)]`` where the config saved in the training run's folder
+        differs from :attr:`config` (an experiment file, recipe or default edited since the run started);
+        ``[]`` for an evaluation, a folder with nothing saved yet, or an equal config."""
+        saved = newest_config(self.folder) if self.kind == "train" else None
+        if saved is None:
+            return []
+        return config_changes(saved_run_config(OmegaConf.to_container(OmegaConf.load(saved))), self.config)
+
 
 @functools.lru_cache(maxsize=None)
 def _layout(overrides: tuple[str, ...]) -> tuple:
-    """``(stage configs, stage sub-folders, the last stage's max_iters)`` of a training command's
+    """``(config, stage configs, stage sub-folders, the last stage's max_iters)`` of a training command's
     overrides (a :class:`ConfigError` naming a bad one)."""
     check_overrides(list(overrides))
     cfg = compose_config(list(overrides))
     stages = stage_configs(cfg, list(overrides))
-    return (tuple(stage for _, stage in stages), tuple(folder for folder, _ in stages),
+    return (cfg, tuple(stage for _, stage in stages), tuple(folder for folder, _ in stages),
             int(stages[-1][1].trainer.max_iters))
 
 
 def training_run(row: Row, scale: Scale, seed: int, root: Path, rows: tuple[str, ...]) -> Run:
     table, row_id = row.home
     folder = Path(root) / table / scale.name / row_id / f"seed{seed}"
-    config = (f"experiment={row.recipe}", *row.overrides, *scale.overrides)
-    stages, stage_folders, final_step = _layout(config)
+    overrides = (f"experiment={row.recipe}", *row.overrides, *scale.overrides, f"trainer.seed={seed}")
+    config, stages, stage_folders, final_step = _layout(overrides)
     last = folder / stage_folders[-1]
     return Run(kind="train", rows=rows, seed=seed, folder=folder,
-               overrides=(*config, f"trainer.seed={seed}", "trainer.resume=auto", f"hydra.run.dir={folder}"),
+               overrides=(*overrides, "trainer.resume=auto", f"hydra.run.dir={folder}"),
                result_file=last / "metrics.json", final_step=final_step,
-               checkpoint=CheckpointDir(last / "checkpoints").path(final_step), stages=stages,
+               checkpoint=CheckpointDir(last / "checkpoints").path(final_step), config=config, stages=stages,
                stage_folders=tuple(folder / sub for sub in stage_folders))
 
 

@@ -4,7 +4,8 @@ every run starts from a clean process (memory, Hydra's state), and the command t
 ``dry_run=true`` prints. Finished runs are skipped; an interrupted one resumes (``trainer.resume=auto``
 in its command). Before any training, :func:`check_data` builds every dataset the unfinished runs
 read, so a missing dataset stops the table at once with the dataset's message (which names the
-prepare command) on one line.
+prepare command) on one line; :func:`check_configs` stops it when a run folder holds a run of
+another config.
 
 Each run folder gets ``reproduce.json``: the command, the scale, the git commit and time of each
 start, and the seconds and time of the finish.
@@ -61,6 +62,24 @@ def check_data(runs: Sequence[Run]) -> None:
                     build_dataset(cfg.data, split, train=False)
                 except (ValueError, OSError) as exc:
                     raise ConfigError(f"{run.describe()} reads {cfg.data.name} {split}: {one_line(exc)}") from None
+
+
+def check_configs(runs: Sequence[Run]) -> None:
+    """A :class:`ConfigError` naming every training folder that holds a run of another config than the
+    table's (an experiment file, recipe or default edited since it ran, or a run started by hand with
+    other overrides) and the keys that differ: its number would be reported, or its training
+    continued, as the row's."""
+    stale = [(run, changes) for run in runs if (changes := run.config_changes())]
+    if not stale:
+        return
+    lines = []
+    for run, changes in stale:
+        shown = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes[:4])
+        more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+        lines.append(f"  {run.describe()}: {run.folder} ({shown}{more})")
+    raise ConfigError("these folders hold runs of another config than the table's (the saved value -> the "
+                      "table's):\n" + "\n".join(lines) + "\nMove them away (or delete them) to run these rows "
+                      "again, or give another root= for a table of its own.")
 
 
 def git_commit() -> Optional[str]:
