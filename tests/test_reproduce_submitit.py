@@ -48,8 +48,9 @@ def test_submitit_options_are_checked(tmp_path, monkeypatch, capsys, args, messa
 
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
-    """``srun``, ``sbatch`` and ``sacct`` stand-ins on the PATH: sbatch keeps each script it gets
-    (``sbatch_<n>.sh``) and answers job 4242, 4243, ...; sacct prints the file ``sacct.txt``.
+    """``srun``, ``sbatch``, ``sacct`` and ``squeue`` stand-ins on the PATH: sbatch keeps each script it
+    gets (``sbatch_<n>.sh``) and answers job 4242, 4243, ...; sacct prints the file ``sacct.txt``;
+    squeue answers RUNNING for a job id listed in ``squeue.txt``, else fails as for an ended job.
     Submitit's sacct watcher starts empty."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -58,6 +59,8 @@ def fake_slurm(tmp_path, monkeypatch):
         "sbatch": f'n=$(ls {bin_dir} | grep -c "^sbatch_"); cp "$1" {bin_dir}/sbatch_$n.sh; '
                   'echo "Submitted batch job $((4242 + n))"',
         "sacct": f"cat {bin_dir}/sacct.txt",
+        "squeue": f'grep -qx -- "$3" {bin_dir}/squeue.txt && echo RUNNING || '
+                  '{ echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }',
     }
     for name, body in scripts.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
@@ -72,7 +75,8 @@ def test_slurm_jobs_are_submitted_once_and_again_only_when_their_job_has_ended(t
     """SSL Table 5's CE row and a CRF row (an evaluation of CE's checkpoint), 2 seeds, on SLURM
     stand-ins: one job array of the two trainings (the evaluations wait for them), the sbatch
     script from the options; nothing submitted while sacct says pending or running; a failed
-    training and the evaluation of a finished one submitted by the next call."""
+    training and the evaluation of a finished one submitted by the next call; of two jobs sacct
+    does not know, the one squeue still has is left alone and the other submitted again."""
     root = tmp_path / "tables"
     args = ["table=ssl_table5", "scale=smoke", "rows=ce,crf1", "seeds=2", f"root={root}", "launcher=submitit",
             "cluster=slurm", "partition=gpu", "nodes=2", "gpus_per_job=8", "timeout_min=600",
@@ -108,6 +112,15 @@ def test_slurm_jobs_are_submitted_once_and_again_only_when_their_job_has_ended(t
     assert "crf1+crf2+crf5 seed 0 (eval): submitted as job 4243_0" in out
     assert "ce seed 1 (train): submitted as job 4243_1" in out
     assert [s["job"] for s in read_record(runs[2])["starts"]] == ["4242_1", "4243_1"]
+
+    (fake_slurm / "sacct.txt").write_text("JobID|State|NodeList\n")  # no accounting records
+    (fake_slurm / "squeue.txt").write_text("4243_0\n")
+    assert reproduce(monkeypatch, *args) == 0
+    out = capsys.readouterr().out
+    assert "crf1+crf2+crf5 seed 0 (eval): job 4243_0 is unknown, not submitted again" in out
+    assert "ce seed 1 (train): job 4243_1 is unknown to sacct and not in squeue: it has ended" in out
+    assert "ce seed 1 (train): submitted as job 4244\n" in out  # one job: no array
+    assert "crf1+crf2+crf5 seed 0 (eval): submitted" not in out
 
 
 def test_a_job_task_runs_the_command_with_submitits_torch_distributed_variables(monkeypatch, capfd):

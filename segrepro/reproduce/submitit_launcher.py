@@ -24,6 +24,7 @@ debuggers). By default submitit picks: slurm where ``srun`` is on the PATH, loca
 """
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Sequence
 
@@ -97,7 +98,28 @@ def queued_jobs(runs: Sequence[Run], cluster: str, logs: Path) -> dict[Run, subm
         if not run.finished() and start.get("cluster") == "slurm":
             jobs[run] = submitit.SlurmJob(folder=logs, job_id=start["job"])
     # every job is known to submitit's watcher before the first question: one sacct call for all
-    return {run: job for run, job in jobs.items() if not job.watcher.is_done(job.job_id)}
+    return {run: job for run, job in jobs.items() if still_queued(run, job)}
+
+
+def still_queued(run: Run, job: submitit.Job) -> bool:
+    """Whether SLURM still has ``job`` pending, running or requeued: sacct's answer, or squeue's for a
+    job sacct does not know (submitit's UNKNOWN: no accounting database, records purged, sacct failing),
+    which would otherwise never be submitted again."""
+    if job.watcher.is_done(job.job_id):
+        return False
+    if job.state.upper() != "UNKNOWN":
+        return True
+    try:
+        squeue = subprocess.run(["squeue", "--noheader", "--jobs", job.job_id, "--format=%T"],
+                                capture_output=True, text=True)
+    except OSError:  # no squeue either: never submit twice
+        say(f"{run.describe()}: job {job.job_id} is unknown to sacct and squeue cannot be run; not submitted "
+            "again (move its reproduce.json away to submit it)")
+        return True
+    if squeue.returncode == 0 and squeue.stdout.strip():
+        return True
+    say(f"{run.describe()}: job {job.job_id} is unknown to sacct and not in squeue: it has ended")
+    return False
 
 
 def submit(runs: Sequence[Run], executor: submitit.AutoExecutor, scale: str) -> dict[Run, submitit.Job]:
