@@ -163,6 +163,26 @@ def test_checkpoint_stops_the_run_waits_for_its_exit_and_returns_the_same_run(tm
     assert isinstance(requeued.function, RunJob) and requeued.function is not job
     assert requeued.function.command == job.command and requeued.function.process is None
     assert requeued.function.name == "ce seed 0 (train)" and requeued.args == () and requeued.kwargs == {}
+
+
+def test_checkpoint_requeues_a_run_that_does_not_stop_in_time(monkeypatch, capsys):
+    """A run still busy when SIGTERM comes (a long periodic evaluation; here a stand-in that ignores it):
+    checkpoint() waits STOP_WAIT_S, no longer, and returns the run for submitit to requeue before the time
+    limit would kill the job unrequeued."""
+    from segrepro.reproduce import submitit_job
+
+    monkeypatch.setattr(submitit_job, "STOP_WAIT_S", 0.5)
+    stand_in = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    job = RunJob([sys.executable, "-c", stand_in], "lad5 seed 1 (train)")
+    job.process = subprocess.Popen(job.command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert job.process.stdout.readline() == "ready\n"
+        delayed = job.checkpoint()
+        assert job.process.poll() is None and delayed.function.command == job.command
+        assert "lad5 seed 1 (train) has not stopped 0.5 s after SIGTERM; requeued now" in capsys.readouterr().out
+    finally:
+        job.process.kill()
+        job.process.wait()
     assert isinstance(RunJob(["true"], "idle").checkpoint(), submitit.helpers.DelayedSubmission)  # nothing to stop
 
 

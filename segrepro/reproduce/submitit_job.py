@@ -26,6 +26,9 @@ end with bitwise the weights of ``torchrun --nproc_per_node 2`` on the same comm
   requeues the job (``scontrol requeue``; the local executor restarts the job's tasks). The
   requeued run resumes from the checkpoint with the ``trainer.resume=auto`` of its overrides.
   Submitit's handler does nothing in the other tasks: their runs stop together with rank 0's.
+  The wait is at most ``STOP_WAIT_S`` (60 s of SLURM's 90): a run that stops only after a long
+  periodic evaluation (the stop waits for the step's end) is requeued anyway, before the time limit
+  kills the job unrequeued, and resumes from its last periodic checkpoint.
   Outside the training loop (start-up, the final evaluation) the SIGTERM ends the run at once;
   the requeued run redoes what was cut short, and no training step is lost.
 - **SIGTERM or SIGUSR1 from elsewhere** (``scancel``, a preemption without the user signal,
@@ -45,6 +48,8 @@ from typing import Optional, Sequence
 import submitit
 
 from ..engine.preemption import PREEMPTED_EXIT_CODE
+
+STOP_WAIT_S = 60.0  # the longest RunJob.checkpoint waits for the run's exit, of SLURM's 90 s (signal_delay_s)
 
 
 def ignore_submitit_signal() -> None:
@@ -86,10 +91,16 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit's USR2 handler in task 0 (the module docstring): stop the run with
-        SIGTERM and wait until it has exited (code 75 once its checkpoint is written); the same run,
-        which submitit requeues."""
+        SIGTERM and wait until it has exited (code 75 once its checkpoint is written), at most
+        ``STOP_WAIT_S``; the same run, which submitit requeues."""
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_WAIT_S
             # WNOWAIT: wait without reaping, as the handler may interrupt Popen.wait() holding its lock
-            os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOWAIT)
+            while os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+                if time.monotonic() > deadline:
+                    print(f"{self.name} has not stopped {STOP_WAIT_S:g} s after SIGTERM; requeued now, it resumes "
+                          "from its last checkpoint", flush=True)
+                    break
+                time.sleep(0.1)
         return submitit.helpers.DelayedSubmission(RunJob(self.command, self.name))
