@@ -162,12 +162,48 @@ class Evaluator:
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         return scores.float().softmax(1) if self.single_pass else scores.float()
 
-    @torch.no_grad()
+    def batches(self, model, progress: bool = True):
+        """Yield ``(dataset indices, images, labels, scores)`` of this rank's batches, in order, images
+        on the device and labels as loaded, ``scores`` from :meth:`scores` (a bar unless ``progress`` is
+        false); ``model`` is in eval mode until the generator is done or closed."""
+        was_training = model.training
+        model.eval()
+        position = 0
+        try:
+            for images, labels in tqdm(self.loader, desc="eval", leave=False, disable=not (self.progress and progress)):
+                images = images.to(self.device, non_blocking=True)
+                with torch.no_grad(), self.autocast():
+                    scores = self.scores(model, images)
+                yield self.indices[position:position + len(images)], images, labels, scores
+                position += len(images)
+        finally:
+            model.train(was_training)
+
+    def refine(self, crf: DenseCRF, indices, images: torch.Tensor, scores: torch.Tensor, tags) -> list:
+        """Queue a batch's images on the CRF processes (started on first use), each with its tag; the
+        results that became due, ``[(labels per step count, tag, seconds)]`` (:meth:`CRFPool.ready`)."""
+        if self.pool is None:
+            self.pool = CRFPool(self.crf_workers)
+        probs = self.probabilities(scores).cpu().numpy()
+        rgb = to_uint8_images(images, self.mean, self.std)
+        done = []
+        for k, (index, tag) in enumerate(zip(indices, tags)):
+            done += self.pool.submit(crf, index, self.image_name(index), probs[k], rgb[k], tag)
+        return done
+
+    @contextlib.contextmanager
+    def crf_in_flight(self, crf):
+        """Around a pass with ``crf``: on an error, forget the images the CRF processes still hold."""
+        try:
+            yield
+        except BaseException:
+            if crf is not None and self.pool is not None:
+                self.pool.cancel()
+            raise
+
     def run(self, model, with_crf: bool = False) -> Evaluation:
         """Evaluate ``model`` (put in eval mode, restored afterwards); ``with_crf`` also refines every
         prediction with the dense CRF of ``crf.*`` (nothing happens when it is off)."""
-        was_training = model.training
-        model.eval()
         plain = ConfusionMatrix(self.num_classes, self.ignore_index)
         crf = self.crf if with_crf else None
         refined = {steps: ConfusionMatrix(self.num_classes, self.ignore_index) for steps in (crf.steps if crf else ())}
@@ -179,35 +215,18 @@ class Evaluator:
                     refined[steps].update(torch.from_numpy(pred), truth)
                 seconds.append(took)
 
-        if crf is not None and self.pool is None:
-            self.pool = CRFPool(self.crf_workers)
-        pool = self.pool if crf is not None else None
-        first, position = None, 0
-        try:
-            for images, labels in tqdm(self.loader, desc="eval", leave=False, disable=not self.progress):
-                images = images.to(self.device, non_blocking=True)
+        first = None
+        with self.crf_in_flight(crf), contextlib.closing(self.batches(model)) as batches:
+            for indices, images, labels, scores in batches:
                 labels = labels.to(self.device, non_blocking=True)
-                with self.autocast():
-                    scores = self.scores(model, images)
                 pred = scores.argmax(1)
                 plain.update(pred, labels)
                 if first is None:
                     first = (images.cpu(), labels.cpu(), pred.cpu())
-                if pool is not None:
-                    probs = self.probabilities(scores).cpu().numpy()
-                    rgb = to_uint8_images(images, self.mean, self.std)
-                    for k in range(len(images)):
-                        index = self.indices[position + k]
-                        count(pool.submit(crf, index, self.image_name(index), probs[k], rgb[k], labels[k].cpu()))
-                position += len(images)
-            if pool is not None:
-                count(pool.ready(wait_all=True))
-        except BaseException:
-            if pool is not None:
-                pool.cancel()
-            raise
-        finally:
-            model.train(was_training)
+                if crf is not None:
+                    count(self.refine(crf, indices, images, scores, labels.cpu()))
+            if crf is not None:
+                count(self.pool.ready(wait_all=True))
         plain.all_reduce()
         for matrix in refined.values():
             matrix.all_reduce()
@@ -215,42 +234,23 @@ class Evaluator:
                           {steps: (matrix.compute(), matrix) for steps, matrix in refined.items()},
                           mean_over_ranks(seconds, self.device) if crf is not None else math.nan)
 
-    @torch.no_grad()
     def predict(self, model, with_crf: bool = False):
         """Yield ``(dataset index, labels)`` for this rank's images, in order; ``labels`` is a uint8 ``H x W``
         array at the image's resolution: the argmax of :meth:`scores` (so ``eval.scales`` / ``eval.flip``
         apply as at evaluation), or with ``with_crf`` (and ``crf.steps`` on) the dense CRF's labels after
         ``max(crf.steps)`` steps. The dataset's labels are not looked at (``segrepro predict``: a test
-        split has none). ``model`` is in eval mode until the generator is done or closed."""
-        was_training = model.training
-        model.eval()
+        split has none; ``segrepro predict`` shows its own bar). ``model`` is in eval mode until the
+        generator is done or closed."""
         crf = self.crf if with_crf else None
-        if crf is not None and self.pool is None:
-            self.pool = CRFPool(self.crf_workers)
-        position = 0
-        try:
-            for images, _ in self.loader:
-                images = images.to(self.device, non_blocking=True)
-                with self.autocast():
-                    scores = self.scores(model, images)
-                indices = self.indices[position:position + len(images)]
-                position += len(images)
+        with self.crf_in_flight(crf), contextlib.closing(self.batches(model, progress=False)) as batches:
+            for indices, images, _, scores in batches:
                 if crf is None:
                     yield from zip(indices, scores.argmax(1).to(torch.uint8).cpu().numpy())
-                    continue
-                probs = self.probabilities(scores).cpu().numpy()
-                rgb = to_uint8_images(images, self.mean, self.std)
-                for k, index in enumerate(indices):
-                    done = self.pool.submit(crf, index, self.image_name(index), probs[k], rgb[k], index)
-                    yield from ((tag, labels[max(crf.steps)]) for labels, tag, _ in done)
+                else:
+                    done = self.refine(crf, indices, images, scores, indices)
+                    yield from ((index, labels[max(crf.steps)]) for labels, index, _ in done)
             if crf is not None:
-                yield from ((tag, labels[max(crf.steps)]) for labels, tag, _ in self.pool.ready(wait_all=True))
-        except BaseException:
-            if crf is not None:
-                self.pool.cancel()
-            raise
-        finally:
-            model.train(was_training)
+                yield from ((index, labels[max(crf.steps)]) for labels, index, _ in self.pool.ready(wait_all=True))
 
     def image_name(self, index: int) -> str:
         """A name for error messages: the image file where the dataset lists its pairs, else the index."""
