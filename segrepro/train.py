@@ -43,6 +43,16 @@ def stage_configs(cfg, overrides: list[str]) -> list[tuple[str, object]]:
     return stages
 
 
+def steps_done(cfg, run_dir, overrides: list[str]) -> int:
+    """A recipe's training steps so far, summed over its stages (each stage's latest checkpoint): the
+    step in the name of a change to its top-level config (``config-step<N>.yaml``)."""
+    done = 0
+    for folder, _ in stage_configs(cfg, overrides):
+        steps = CheckpointDir(Path(run_dir) / folder / "checkpoints").steps()
+        done += steps[-1][0] if steps else 0
+    return done
+
+
 def validation_report(final: dict, class_names, title: str) -> str:
     """The final metrics as a table; with the CRF's results beside them when it ran."""
     if "crf" not in final:
@@ -63,7 +73,7 @@ def run(cfg, run_dir, overrides: list[str]) -> dict:
         dist_info = init_distributed(cfg.trainer.device)
         try:
             if cfg.stages and dist_info.is_main:
-                write_run_config(cfg, run_dir)
+                write_run_config(cfg, run_dir, steps_done(cfg, run_dir, overrides))
                 if fresh:
                     write_overrides(run_dir, overrides)
             return run_stages(cfg, run_dir, overrides, dist_info, stop)

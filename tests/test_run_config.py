@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from segrepro.config import ConfigError, compose_config
 from segrepro.engine.checkpoint import load_checkpoint
 from segrepro.engine.run_config import config_changes, resumed_config, typed_keys, write_run_config
-from segrepro.train import run
+from segrepro.train import run, stage_configs, steps_done
 
 from .conftest import TINY, crash_in_step
 
@@ -135,3 +135,17 @@ def test_resuming_a_recipe_composes_its_later_stages_with_the_starting_commands_
     final = run(compose_config(resume), tmp_path, resume)  # finished: trains nothing, refuses nothing
     assert final["step"] == 2 and sorted(p.name for p in (stage2 / "checkpoints").iterdir()) == [
         "best.pt", "step_0000002.pt"]
+
+
+def test_a_recipes_steps_done_name_its_top_level_config_changes(tmp_path):
+    """A change allowed on a resume of a recipe is recorded as config-step<N>.yaml with N the steps
+    trained over its stages, so a second change later gets a file of its own."""
+    typed = ["experiment=ssl/voc_deeplabv3", *TINY]
+    cfg = compose_config(typed)
+    (first, _), (second, _) = stage_configs(cfg, typed)
+    assert steps_done(cfg, tmp_path, typed) == 0
+    for folder, steps in ((first, (10, 20)), (second, (5,))):
+        (tmp_path / folder / "checkpoints").mkdir(parents=True)
+        for step in steps:
+            (tmp_path / folder / "checkpoints" / f"step_{step:07d}.pt").write_bytes(b"")
+    assert steps_done(cfg, tmp_path, typed) == 25
