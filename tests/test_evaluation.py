@@ -117,6 +117,23 @@ def test_crf_refines_at_every_step_count_from_one_pass(tiny_cfg, monkeypatch):
     assert build_evaluator(tiny_cfg("crf=none"), CPU).run(model, with_crf=True).crf == {}
 
 
+def test_a_rank_without_images_evaluates_with_crf_to_empty_counts(tiny_cfg):
+    """More ranks than validation images: the last rank's share is empty, and with the CRF on it still
+    answers (its empty counts go into the ranks' sum) rather than fail before the others' all_reduce."""
+    cfg = tiny_cfg("crf=dense", "crf.steps=[1,2]", "crf.workers=1")
+    images = len(build_evaluator(cfg, CPU).dataset)
+    idle = DistInfo(rank=images, world_size=images + 1, local_rank=0, device=torch.device("cpu"))
+    evaluator = build_evaluator(cfg, idle)
+    model = ColourNet(cfg.data.num_classes)
+    try:
+        result = evaluator.run(model, with_crf=True)
+        assert list(evaluator.predict(model, with_crf=True)) == []
+    finally:
+        evaluator.close()
+    assert model.sizes == [] and result.matrix.mat.sum() == 0
+    assert set(result.crf) == {1, 2} and all(matrix.mat.sum() == 0 for _, matrix in result.crf.values())
+
+
 def test_a_failing_crf_names_the_image_and_the_evaluator_can_go_on(tiny_cfg, monkeypatch):
     evaluator = build_evaluator(tiny_cfg("crf=dense", "crf.steps=1", "crf.workers=1"), CPU)
     model = ColourNet(evaluator.num_classes)

@@ -115,13 +115,19 @@ def test_a_folder_holding_a_run_of_another_config_stops_the_table(tmp_path, monk
     ce.folder.mkdir(parents=True)
     OmegaConf.save(other, ce.folder / "config.yaml", resolve=True)
     ssl3.folder.mkdir(parents=True)
-    OmegaConf.save(ssl3.config, ssl3.folder / "config.yaml", resolve=True)
+    moved = ssl3.config.copy()
+    moved.data.root = "/elsewhere/the/same/data"  # where the data lies is not the run's config
+    OmegaConf.save(moved, ssl3.folder / "config.yaml", resolve=True)
     assert ce.config_changes() == [("optim.lr", 0.5, ce.config.optim.lr)] and ssl3.config_changes() == []
     monkeypatch.setattr(runner, "launch", lambda run: pytest.fail(f"{run.describe()} ran"))
     assert reproduce(monkeypatch, "table=ssl_table2", "scale=smoke", "rows=ce,ssl3", f"root={tmp_path}") == 1
     err = capsys.readouterr().err
     assert f"ce seed 0 (train): {ce.folder} (optim.lr: 0.5 -> {ce.config.optim.lr!r})" in err
     assert "ssl3 seed 0" not in err and "Move them away" in err
+    (ce.folder / "config.yaml").write_text("trainer: {max_iters: [")  # broken: named, no traceback
+    assert reproduce(monkeypatch, "table=ssl_table2", "scale=smoke", "rows=ce,ssl3", f"root={tmp_path}") == 1
+    err = capsys.readouterr().err
+    assert f"ce seed 0 (train): {ce.folder} (config.yaml: 'unreadable: " in err and "Traceback" not in err
 
 
 def test_an_evaluation_older_than_its_checkpoint_has_not_finished(tmp_path):

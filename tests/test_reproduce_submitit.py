@@ -50,7 +50,8 @@ def test_submitit_options_are_checked(tmp_path, monkeypatch, capsys, args, messa
 def fake_slurm(tmp_path, monkeypatch):
     """``srun``, ``sbatch``, ``sacct`` and ``squeue`` stand-ins on the PATH: sbatch keeps each script it
     gets (``sbatch_<n>.sh``) and answers job 4242, 4243, ...; sacct prints the file ``sacct.txt``;
-    squeue answers RUNNING for a job id listed in ``squeue.txt``, else fails as for an ended job.
+    squeue answers RUNNING for a job id listed in ``squeue.txt``, else fails as for an ended job (or
+    with a time-out while ``squeue.down`` exists).
     Submitit's sacct watcher starts empty."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -59,7 +60,8 @@ def fake_slurm(tmp_path, monkeypatch):
         "sbatch": f'n=$(ls {bin_dir} | grep -c "^sbatch_"); cp "$1" {bin_dir}/sbatch_$n.sh; '
                   'echo "Submitted batch job $((4242 + n))"',
         "sacct": f"cat {bin_dir}/sacct.txt",
-        "squeue": f'grep -qx -- "$3" {bin_dir}/squeue.txt && echo RUNNING || '
+        "squeue": f'[ -f {bin_dir}/squeue.down ] && {{ echo "Socket timed out" >&2; exit 1; }}; '
+                  f'grep -qx -- "$3" {bin_dir}/squeue.txt && echo RUNNING || '
                   '{ echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }',
     }
     for name, body in scripts.items():
@@ -118,9 +120,15 @@ def test_slurm_jobs_are_submitted_once_and_again_only_when_their_job_has_ended(t
     assert reproduce(monkeypatch, *args) == 0
     out = capsys.readouterr().out
     assert "crf1+crf2+crf5 seed 0 (eval): job 4243_0 is unknown, not submitted again" in out
-    assert "ce seed 1 (train): job 4243_1 is unknown to sacct and not in squeue: it has ended" in out
+    assert "ce seed 1 (train): job 4243_1 is unknown to sacct and squeue has it no longer: it has ended" in out
     assert "ce seed 1 (train): submitted as job 4244\n" in out  # one job: no array
     assert "crf1+crf2+crf5 seed 0 (eval): submitted" not in out
+
+    (fake_slurm / "squeue.down").write_text("")  # squeue cannot tell: nothing is submitted twice
+    assert reproduce(monkeypatch, *args) == 0
+    out = capsys.readouterr().out
+    assert "ce seed 1 (train): job 4244 is unknown to sacct and squeue answered Socket timed out; not submitted" in out
+    assert "submitted as" not in out
 
 
 def test_a_job_task_runs_the_command_with_submitits_torch_distributed_variables(monkeypatch, capfd):
@@ -163,6 +171,7 @@ def test_checkpoint_stops_the_run_waits_for_its_exit_and_returns_the_same_run(tm
     assert isinstance(requeued.function, RunJob) and requeued.function is not job
     assert requeued.function.command == job.command and requeued.function.process is None
     assert requeued.function.name == "ce seed 0 (train)" and requeued.args == () and requeued.kwargs == {}
+    assert isinstance(RunJob(["true"], "idle").checkpoint(), submitit.helpers.DelayedSubmission)  # nothing to stop
 
 
 def test_checkpoint_requeues_a_run_that_does_not_stop_in_time(monkeypatch, capsys):
@@ -172,7 +181,8 @@ def test_checkpoint_requeues_a_run_that_does_not_stop_in_time(monkeypatch, capsy
     from segrepro.reproduce import submitit_job
 
     monkeypatch.setattr(submitit_job, "STOP_WAIT_S", 0.5)
-    stand_in = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    stand_in = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                "time.sleep(60)")
     job = RunJob([sys.executable, "-c", stand_in], "lad5 seed 1 (train)")
     job.process = subprocess.Popen(job.command, stdout=subprocess.PIPE, text=True)
     try:
@@ -183,7 +193,6 @@ def test_checkpoint_requeues_a_run_that_does_not_stop_in_time(monkeypatch, capsy
     finally:
         job.process.kill()
         job.process.wait()
-    assert isinstance(RunJob(["true"], "idle").checkpoint(), submitit.helpers.DelayedSubmission)  # nothing to stop
 
 
 @pytest.mark.slow

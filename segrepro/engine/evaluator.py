@@ -180,16 +180,20 @@ class Evaluator:
             model.train(was_training)
 
     def refine(self, crf: DenseCRF, indices, images: torch.Tensor, scores: torch.Tensor, tags) -> list:
-        """Queue a batch's images on the CRF processes (started on first use), each with its tag; the
+        """Queue a batch's images on the CRF processes (:meth:`crf_pool`), each with its tag; the
         results that became due, ``[(labels per step count, tag, seconds)]`` (:meth:`CRFPool.ready`)."""
-        if self.pool is None:
-            self.pool = CRFPool(self.crf_workers)
         probs = self.probabilities(scores).cpu().numpy()
         rgb = to_uint8_images(images, self.mean, self.std)
         done = []
         for k, (index, tag) in enumerate(zip(indices, tags)):
-            done += self.pool.submit(crf, index, self.image_name(index), probs[k], rgb[k], tag)
+            done += self.crf_pool().submit(crf, index, self.image_name(index), probs[k], rgb[k], tag)
         return done
+
+    def crf_pool(self) -> CRFPool:
+        """The CRF processes, started on first use (they serve every evaluation until :meth:`close`)."""
+        if self.pool is None:
+            self.pool = CRFPool(self.crf_workers)
+        return self.pool
 
     @contextlib.contextmanager
     def crf_in_flight(self, crf):
@@ -225,8 +229,8 @@ class Evaluator:
                     first = (images.cpu(), labels.cpu(), pred.cpu())
                 if crf is not None:
                     count(self.refine(crf, indices, images, scores, labels.cpu()))
-            if crf is not None:
-                count(self.pool.ready(wait_all=True))
+            if crf is not None:  # (also where this rank's share of the images is empty)
+                count(self.crf_pool().ready(wait_all=True))
         plain.all_reduce()
         for matrix in refined.values():
             matrix.all_reduce()
@@ -250,7 +254,7 @@ class Evaluator:
                     done = self.refine(crf, indices, images, scores, indices)
                     yield from ((index, labels[max(crf.steps)]) for labels, index, _ in done)
             if crf is not None:
-                yield from ((index, labels[max(crf.steps)]) for labels, index, _ in self.pool.ready(wait_all=True))
+                yield from ((index, labels[max(crf.steps)]) for labels, index, _ in self.crf_pool().ready(wait_all=True))
 
     def image_name(self, index: int) -> str:
         """A name for error messages: the image file where the dataset lists its pairs, else the index."""

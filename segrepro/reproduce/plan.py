@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..config import check_overrides, compose_config, saved_run_config
 from ..engine.checkpoint import CheckpointDir
@@ -74,12 +76,17 @@ class Run:
 
     def config_changes(self) -> list[tuple[str, object, object]]:
         """``[(key, saved value, the table's value)]`` where the config saved in the training run's folder
-        differs from :attr:`config` (an experiment file, recipe or default edited since the run started);
-        ``[]`` for an evaluation, a folder with nothing saved yet, or an equal config."""
-        saved = newest_config(self.folder) if self.kind == "train" else None
-        if saved is None:
+        (``config.yaml``, or its latest ``config-step<N>.yaml``) differs from :attr:`config` (an experiment
+        file, recipe or default edited since the run started; ``data.root``, where the data lies, is not
+        compared); ``[]`` for an evaluation, a folder with nothing saved yet, or an equal config."""
+        path = newest_config(self.folder) if self.kind == "train" else None
+        if path is None:
             return []
-        return config_changes(saved_run_config(OmegaConf.to_container(OmegaConf.load(saved))), self.config)
+        try:
+            saved = saved_run_config(OmegaConf.to_container(OmegaConf.load(path)))
+        except (OmegaConfBaseException, yaml.YAMLError, ValueError) as error:  # a key since removed, a broken file
+            return [(path.name, f"unreadable: {' '.join(str(error).split())[:200]}", "this table's config")]
+        return [change for change in config_changes(saved, self.config) if change[0] != "data.root"]
 
 
 @functools.lru_cache(maxsize=None)

@@ -101,25 +101,37 @@ def queued_jobs(runs: Sequence[Run], cluster: str, logs: Path) -> dict[Run, subm
     return {run: job for run, job in jobs.items() if still_queued(run, job)}
 
 
+# squeue's states of a job SLURM still holds; a job it no longer has gives "Invalid job id specified"
+QUEUED_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+
+
 def still_queued(run: Run, job: submitit.Job) -> bool:
     """Whether SLURM still has ``job`` pending, running or requeued: sacct's answer, or squeue's for a
     job sacct does not know (submitit's UNKNOWN: no accounting database, records purged, sacct failing),
-    which would otherwise never be submitted again."""
+    which would otherwise never be submitted again. When neither can tell, the job counts as queued
+    (never submitted twice) and a line says so."""
     if job.watcher.is_done(job.job_id):
         return False
     if job.state.upper() != "UNKNOWN":
         return True
     try:
         squeue = subprocess.run(["squeue", "--noheader", "--jobs", job.job_id, "--format=%T"],
-                                capture_output=True, text=True)
-    except OSError:  # no squeue either: never submit twice
-        say(f"{run.describe()}: job {job.job_id} is unknown to sacct and squeue cannot be run; not submitted "
-            "again (move its reproduce.json away to submit it)")
-        return True
-    if squeue.returncode == 0 and squeue.stdout.strip():
-        return True
-    say(f"{run.describe()}: job {job.job_id} is unknown to sacct and not in squeue: it has ended")
-    return False
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        answer = f"squeue failed ({error})"
+    else:
+        states = set(squeue.stdout.split())
+        if squeue.returncode == 0 and states & QUEUED_STATES:
+            return True
+        if (squeue.returncode == 0 and states) or "invalid job id" in squeue.stderr.lower():
+            say(f"{run.describe()}: job {job.job_id} is unknown to sacct and squeue has it "
+                f"{'/'.join(sorted(states)).lower() or 'no longer'}: it has ended")
+            return False
+        answer = f"squeue answered {one_line(squeue.stderr or squeue.stdout) or 'nothing'}"
+    say(f"{run.describe()}: job {job.job_id} is unknown to sacct and {answer}; not submitted again "
+        "(once it has ended for sure, move the run's reproduce.json away to submit it)")
+    return True
 
 
 def submit(runs: Sequence[Run], executor: submitit.AutoExecutor, scale: str) -> dict[Run, submitit.Job]:
