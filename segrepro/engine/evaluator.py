@@ -182,11 +182,12 @@ class Evaluator:
     def refine(self, crf: DenseCRF, indices, images: torch.Tensor, scores: torch.Tensor, tags) -> list:
         """Queue a batch's images on the CRF processes (:meth:`crf_pool`), each with its tag; the
         results that became due, ``[(labels per step count, tag, seconds)]`` (:meth:`CRFPool.ready`)."""
+        pool = self.crf_pool()
         probs = self.probabilities(scores).cpu().numpy()
         rgb = to_uint8_images(images, self.mean, self.std)
         done = []
         for k, (index, tag) in enumerate(zip(indices, tags)):
-            done += self.crf_pool().submit(crf, index, self.image_name(index), probs[k], rgb[k], tag)
+            done += pool.submit(crf, index, self.image_name(index), probs[k], rgb[k], tag)
         return done
 
     def crf_pool(self) -> CRFPool:
@@ -196,12 +197,12 @@ class Evaluator:
         return self.pool
 
     @contextlib.contextmanager
-    def crf_in_flight(self, crf):
-        """Around a pass with ``crf``: on an error, forget the images the CRF processes still hold."""
+    def crf_in_flight(self):
+        """Around a pass: on an error, forget the images the CRF processes still hold (if any)."""
         try:
             yield
         except BaseException:
-            if crf is not None and self.pool is not None:
+            if self.pool is not None:
                 self.pool.cancel()
             raise
 
@@ -220,7 +221,7 @@ class Evaluator:
                 seconds.append(took)
 
         first = None
-        with self.crf_in_flight(crf), contextlib.closing(self.batches(model)) as batches:
+        with self.crf_in_flight(), contextlib.closing(self.batches(model)) as batches:
             for indices, images, labels, scores in batches:
                 labels = labels.to(self.device, non_blocking=True)
                 pred = scores.argmax(1)
@@ -246,7 +247,7 @@ class Evaluator:
         split has none; ``segrepro predict`` shows its own bar). ``model`` is in eval mode until the
         generator is done or closed."""
         crf = self.crf if with_crf else None
-        with self.crf_in_flight(crf), contextlib.closing(self.batches(model, progress=False)) as batches:
+        with self.crf_in_flight(), contextlib.closing(self.batches(model, progress=False)) as batches:
             for indices, images, _, scores in batches:
                 if crf is None:
                     yield from zip(indices, scores.argmax(1).to(torch.uint8).cpu().numpy())

@@ -103,14 +103,23 @@ def _layout(overrides: tuple[str, ...]) -> tuple:
 def training_run(row: Row, scale: Scale, seed: int, root: Path, rows: tuple[str, ...]) -> Run:
     table, row_id = row.home
     folder = Path(root) / table / scale.name / row_id / f"seed{seed}"
-    overrides = (f"experiment={row.recipe}", *row.overrides, *scale.overrides, f"trainer.seed={seed}")
-    config, stages, stage_folders, final_step = _layout(overrides)
+    overrides = (f"experiment={row.recipe}", *row.overrides, *scale.overrides)
+    config, stages, stage_folders, final_step = _layout(overrides)  # composed once for every seed
     last = folder / stage_folders[-1]
     return Run(kind="train", rows=rows, seed=seed, folder=folder,
-               overrides=(*overrides, "trainer.resume=auto", f"hydra.run.dir={folder}"),
+               overrides=(*overrides, f"trainer.seed={seed}", "trainer.resume=auto", f"hydra.run.dir={folder}"),
                result_file=last / "metrics.json", final_step=final_step,
-               checkpoint=CheckpointDir(last / "checkpoints").path(final_step), config=config, stages=stages,
+               checkpoint=CheckpointDir(last / "checkpoints").path(final_step), config=with_seed(config, seed),
+               stages=tuple(with_seed(stage, seed) for stage in stages),
                stage_folders=tuple(folder / sub for sub in stage_folders))
+
+
+def with_seed(cfg, seed: int):
+    """A copy of ``cfg`` with ``trainer.seed=seed``, as the command's ``trainer.seed`` sets it in the
+    config and, applied again on top of each stage, in every stage."""
+    cfg = cfg.copy()
+    cfg.trainer.seed = seed
+    return cfg
 
 
 def evaluation_run(rows: Sequence[Row], trained: Run, root: Path, table: Table, scale: Scale) -> Run:
